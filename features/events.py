@@ -1,0 +1,303 @@
+"""Raw event records → canonical events (DESIGN.md), with a reason for every rejected record.
+
+The pipeline is three pure steps over DataFrames of raw JSON text:
+
+1. `check_records`: parse every record into one common intermediate shape (flat events, GA4,
+   Universal Analytics and per-channel exports alike; items as an array) and give each a
+   `reason` — null when the record is accepted. Every field is first read as text and then cast
+   with `try_cast`, so a bad number is reported as `bad_type` on that field instead of turning
+   the whole record into a JSON error.
+2. `dedupe_records`: one record per `event_id`, before items are exploded.
+3. `to_canonical`: explode items to rows, derive revenue, pseudonymize email and phone.
+
+Only Spark built-in functions are used, so nothing leaves the JVM on the hot path.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+
+from features.privacy import hmac_sha256_hex, mask_pii_text, normalize_email, normalize_phone
+
+CANONICAL_COLUMNS = [
+    "event_id", "event_type", "event_time", "channel", "user_id", "anonymous_id",
+    "email_hash", "phone_hash", "session_id", "item_id", "item_name", "category", "brand",
+    "price", "quantity", "revenue", "discount", "currency",
+    "consent_personalization", "consent_analytics", "properties",
+]
+QUARANTINE_COLUMNS = ["quarantine_id", "event_id", "reason", "reason_detail", "raw", "source_file"]
+
+# Top-level keys that a shape gives a meaning to; every other key goes to `properties`.
+_KNOWN_KEYS = [
+    "event_id", "event_type", "event", "export", "timestamp", "event_time", "ts", "started_at",
+    "sent_at", "user_id", "customer_id", "anonymous_id", "cookie_id", "device_id", "session_id",
+    "channel", "email", "recipient", "phone", "consent", "item_id", "sku", "item_name", "category",
+    "brand", "price", "quantity", "revenue", "discount", "currency", "page_type", "properties",
+    "ecommerce",
+]
+_NUMERIC_FIELDS = {"price": "double", "quantity": "int", "revenue": "double", "discount": "double"}
+_UA_ACTIONS = {"detail": "view_item", "add": "add_to_cart", "remove": "remove_from_cart",
+               "checkout": "begin_checkout", "purchase": "purchase"}
+_ITEM_FIELDS = ["item_id", "item_name", "category", "brand", "price", "quantity", "revenue",
+                "discount", "coupon"]
+_ITEM_STRUCT = ", ".join(f"{name}: string" for name in _ITEM_FIELDS)
+_GA4_ITEM_SCHEMA = ("array<struct<item_id: string, item_name: string, item_category: string, "
+                    "item_brand: string, price: string, quantity: string, discount: string, "
+                    "coupon: string>>")
+_UA_ACTION_SCHEMA = ("struct<actionField: map<string,string>, products: array<struct<id: string, "
+                     "name: string, category: string, brand: string, price: string, "
+                     "quantity: string, coupon: string>>>")
+_ECOMMERCE_SCHEMA = (
+    "struct<currency: string, currencyCode: string, value: string, transaction_id: string, "
+    f"items: {_GA4_ITEM_SCHEMA}, "
+    + ", ".join(f"{action}: {_UA_ACTION_SCHEMA}" for action in _UA_ACTIONS) + ">")
+_CONSENT_SCHEMA = "map<string,string>"
+_BOOLEAN_TEXT = ["true", "false"]
+
+
+@dataclass(frozen=True)
+class IngestParams:
+    """Everything the normalization depends on, passed explicitly (no config reads here)."""
+
+    pii_key: str
+    now: datetime
+    event_types: tuple[str, ...]
+    item_event_types: tuple[str, ...]
+    event_aliases: dict[str, str] = field(default_factory=dict)
+    max_future_skew_minutes: int = 5
+    default_personalization: bool = False
+    default_analytics: bool = False
+    default_phone_country_code: str = "1"
+
+
+def _text(m: Column, *keys: str) -> Column:
+    """The first non-blank value among `keys` of the record map, as text."""
+    return F.coalesce(*[F.nullif(F.trim(m[key]), F.lit("")) for key in keys])
+
+
+def _merge_maps(base: Column, override: Column) -> Column:
+    """map_concat that lets `override` win on shared keys instead of raising."""
+    override = F.coalesce(override, F.create_map().cast("map<string,string>"))
+    base = F.coalesce(base, F.create_map().cast("map<string,string>"))
+    kept = F.map_filter(base, lambda k, v: ~F.array_contains(F.map_keys(override), k))
+    return F.map_filter(F.map_concat(kept, override), lambda k, v: v.isNotNull())
+
+
+def _parse_timestamp(text: Column) -> Column:
+    """ISO-8601 (offset honoured, none means UTC) or epoch seconds / milliseconds."""
+    number = text.try_cast("double")
+    is_number = text.rlike(r"^-?\d+(\.\d+)?([eE][+-]?\d+)?$")
+    epoch = F.when(F.abs(number) >= 1e11, number / 1000).otherwise(number)
+    return F.when(is_number, F.timestamp_seconds(epoch)).otherwise(text.try_cast("timestamp"))
+
+
+def _items(m: Column, ecommerce: Column) -> Column:
+    """Every shape's products as one array<struct> of text fields (null: no item at all)."""
+    ga4 = F.transform(ecommerce["items"], lambda x: F.struct(
+        x["item_id"].alias("item_id"), x["item_name"].alias("item_name"),
+        x["item_category"].alias("category"), x["item_brand"].alias("brand"),
+        x["price"].alias("price"), x["quantity"].alias("quantity"),
+        F.lit(None).cast("string").alias("revenue"), x["discount"].alias("discount"),
+        x["coupon"].alias("coupon")))
+    ua_products = F.coalesce(*[ecommerce[action]["products"] for action in _UA_ACTIONS])
+    ua = F.transform(ua_products, lambda x: F.struct(
+        x["id"].alias("item_id"), x["name"].alias("item_name"), x["category"].alias("category"),
+        x["brand"].alias("brand"), x["price"].alias("price"), x["quantity"].alias("quantity"),
+        F.lit(None).cast("string").alias("revenue"), F.lit(None).cast("string").alias("discount"),
+        x["coupon"].alias("coupon")))
+    flat_item = F.struct(
+        _text(m, "item_id", "sku").alias("item_id"), _text(m, "item_name").alias("item_name"),
+        _text(m, "category").alias("category"), _text(m, "brand").alias("brand"),
+        _text(m, "price").alias("price"), _text(m, "quantity").alias("quantity"),
+        _text(m, "revenue").alias("revenue"), _text(m, "discount").alias("discount"),
+        F.lit(None).cast("string").alias("coupon"))
+    has_flat_item = F.coalesce(*[_text(m, key) for key in
+                                 ("item_id", "sku", "item_name", "price", "quantity")]).isNotNull()
+    flat = F.when(has_flat_item, F.array(flat_item))
+    return F.coalesce(ga4, ua, flat).cast(f"array<struct<{_ITEM_STRUCT}>>")
+
+
+def _raw_event_name(m: Column, ecommerce: Column) -> Column:
+    """The source's own event name: a UA action block wins, then the export kind, then the name."""
+    ua_action = F.coalesce(*[F.when(ecommerce[action].isNotNull(), F.lit(canonical))
+                             for action, canonical in _UA_ACTIONS.items()])
+    page_type = F.lower(_text(m, "page_type"))
+    export = F.lower(_text(m, "export"))
+    export_event = (F.when(export != "web_browse", export)
+                    .when(page_type == "product", "view_item")
+                    .when(page_type == "search", "search")
+                    .when(page_type == "cart", "add_to_cart")
+                    .otherwise("page_view"))
+    return F.coalesce(ua_action, F.when(export.isNotNull(), export_event),
+                      _text(m, "event_type", "event"))
+
+
+def _canonical_event_type(raw_name: Column, params: IngestParams) -> Column:
+    lowered = F.lower(raw_name)
+    aliases = F.create_map(*[F.lit(x) for pair in sorted(params.event_aliases.items()) for x in pair])
+    return F.coalesce(aliases[lowered], lowered) if params.event_aliases else lowered
+
+
+def _default_channel(m: Column) -> Column:
+    export = F.lower(_text(m, "export"))
+    return (F.when(export == "app_session", "app")
+            .when(export.startswith("email"), "email")
+            .otherwise("web"))
+
+
+def _first_reason(checks: list[tuple[Column, str, str | Column | None]]) -> tuple[Column, Column]:
+    """(reason, detail) of the first failing check, in the order given."""
+    reason = F.lit(None).cast("string")
+    detail = F.lit(None).cast("string")
+    for failed, name, info in reversed(checks):
+        reason = F.when(failed, F.lit(name)).otherwise(reason)
+        info_col = info if isinstance(info, Column) else F.lit(info).cast("string")
+        detail = F.when(failed, info_col).otherwise(detail)
+    return reason, detail
+
+
+def _not_a(sql_type: str, name: str):
+    """Item predicate: the field is present but does not parse as `sql_type`."""
+    return lambda item: item[name].isNotNull() & item[name].try_cast(sql_type).isNull()
+
+
+def _negative(sql_type: str, name: str):
+    """Item predicate: the field parses as a number below zero."""
+    return lambda item: item[name].try_cast(sql_type) < 0
+
+
+def check_records(raw: DataFrame, params: IngestParams) -> DataFrame:
+    """Parse and validate raw records (`raw`, `source_file`) into the intermediate shape.
+
+    Returns one row per raw record with `reason` (null = accepted) and `reason_detail`.
+    """
+    m = F.col("_m")
+    ecommerce = F.from_json(_text(m, "ecommerce"), _ECOMMERCE_SCHEMA)
+    consent = F.from_json(_text(m, "consent"), _CONSENT_SCHEMA)
+    explicit_properties = F.from_json(_text(m, "properties"), "map<string,string>")
+    leftover = F.map_filter(m, lambda k, v: ~F.array_contains(F.array(*map(F.lit, _KNOWN_KEYS)), k))
+    ecommerce_extras = F.map_filter(F.create_map(
+        F.lit("value"), ecommerce["value"], F.lit("transaction_id"), ecommerce["transaction_id"],
+        F.lit("transaction_revenue"), ecommerce["purchase"]["actionField"]["revenue"],
+        F.lit("transaction_id_ua"), ecommerce["purchase"]["actionField"]["id"],
+    ), lambda k, v: v.isNotNull())
+
+    parsed = raw.select(
+        "raw", "source_file", F.from_json("raw", "map<string,string>").alias("_m"),
+    ).select(
+        "raw", "source_file", "_m",
+        F.coalesce(_text(m, "event_id"), F.sha2(F.col("raw"), 256)).alias("event_id"),
+        ecommerce.isNotNull().alias("_from_ecommerce"),
+        _raw_event_name(m, ecommerce).alias("_raw_event"),
+        _text(m, "timestamp", "event_time", "ts", "started_at", "sent_at").alias("_raw_time"),
+        _text(m, "user_id", "customer_id").alias("user_id"),
+        _text(m, "anonymous_id", "cookie_id", "device_id").alias("anonymous_id"),
+        _text(m, "session_id").alias("session_id"),
+        F.lower(F.coalesce(_text(m, "channel"), _default_channel(m))).alias("channel"),
+        normalize_email(_text(m, "email", "recipient")).alias("_email"),
+        normalize_phone(_text(m, "phone"), params.default_phone_country_code).alias("_phone"),
+        F.upper(F.coalesce(_text(m, "currency"), ecommerce["currency"],
+                           ecommerce["currencyCode"])).alias("currency"),
+        F.lower(consent["personalization"]).alias("_consent_p"),
+        F.lower(consent["analytics"]).alias("_consent_a"),
+        _items(m, ecommerce).alias("_items"),
+        _merge_maps(_merge_maps(leftover, ecommerce_extras), explicit_properties).alias("properties"),
+    ).withColumn("event_type", _canonical_event_type(F.col("_raw_event"), params)
+    ).withColumn("event_time", _parse_timestamp(F.col("_raw_time")))
+
+    items = F.col("_items")
+    horizon = F.lit(params.now).cast("timestamp") + F.expr(
+        f"INTERVAL {int(params.max_future_skew_minutes)} MINUTES")
+    checks: list[tuple[Column, str, str | Column | None]] = [
+        (m.isNull(), "malformed_json", "not a JSON object"),
+        (F.col("_raw_event").isNull(), "missing_field", "event_type"),
+        (~F.col("event_type").isin(*params.event_types), "unknown_event_type", F.col("_raw_event")),
+        (F.col("_raw_time").isNull(), "missing_field", "timestamp"),
+        (F.col("event_time").isNull(), "unparseable_timestamp", F.col("_raw_time")),
+        (F.col("event_time") > horizon, "future_timestamp", F.col("_raw_time")),
+        (F.coalesce(F.col("user_id"), F.col("anonymous_id"), F.col("_email"),
+                    F.col("_phone")).isNull(), "missing_identifier", None),
+    ]
+    for name, sql_type in _NUMERIC_FIELDS.items():
+        checks.append((F.exists(items, _not_a(sql_type, name)), "bad_type", name))
+    for flag in ("_consent_p", "_consent_a"):
+        checks.append((F.col(flag).isNotNull() & ~F.col(flag).isin(*_BOOLEAN_TEXT),
+                       "bad_type", "consent"))
+    for name, sql_type in _NUMERIC_FIELDS.items():
+        checks.append((F.exists(items, _negative(sql_type, name)), "negative_value", name))
+    is_item_event = F.col("event_type").isin(*params.item_event_types)
+    checks.append((is_item_event & (F.coalesce(F.size(items), F.lit(0)) == 0), "missing_field", "item_id"))
+    checks.append((is_item_event & F.exists(items, lambda x: x["item_id"].isNull()), "missing_field", "item_id"))
+
+    reason, detail = _first_reason(checks)
+    return parsed.withColumn("reason", reason).withColumn("reason_detail", detail)
+
+
+def quarantine_rows(checked: DataFrame) -> DataFrame:
+    """Rejected records with their reason and source, PII in the raw text masked.
+
+    `quarantine_id` hashes the raw text with its source, so re-ingesting a dump is idempotent.
+    """
+    return checked.where(F.col("reason").isNotNull()).select(
+        F.sha2(F.concat_ws("\u0001", F.col("source_file"), F.col("raw")), 256).alias("quarantine_id"),
+        F.when(F.col("_m").isNotNull(), F.col("event_id")).alias("event_id"),
+        "reason", "reason_detail",
+        mask_pii_text(F.col("raw")).alias("raw"),
+        "source_file",
+    )
+
+
+def dedupe_records(checked: DataFrame) -> DataFrame:
+    """Accepted records, one per event_id; of duplicates the first by (source_file, raw) wins."""
+    accepted = checked.where(F.col("reason").isNull())
+    first = Window.partitionBy("event_id").orderBy("source_file", "raw")
+    return (accepted.withColumn("_copy", F.row_number().over(first))
+            .where(F.col("_copy") == 1).drop("_copy"))
+
+
+def to_canonical(records: DataFrame, params: IngestParams) -> DataFrame:
+    """Explode items to one row per item and produce the canonical columns plus `event_date`.
+
+    Rows exploded from an item array are keyed `<event_id>:<index>`; a flat record keeps its id.
+    `_record_id` (the raw record's event_id) is kept for counting and dropped before writing.
+    """
+    exploded = records.select("*", F.posexplode_outer("_items").alias("_index", "_item"))
+    item = F.col("_item")
+    price = item["price"].try_cast("double")
+    quantity = F.when(item.isNotNull(), F.coalesce(item["quantity"].try_cast("int"), F.lit(1)))
+    given_revenue = item["revenue"].try_cast("double")
+    derived_revenue = F.when(F.col("event_type") == "purchase", price * quantity)
+    coupon = F.when(item["coupon"].isNotNull(), F.create_map(F.lit("coupon"), item["coupon"]))
+    consent_p = F.coalesce(F.col("_consent_p") == "true", F.lit(params.default_personalization))
+    consent_a = F.coalesce(F.col("_consent_a") == "true", F.lit(params.default_analytics))
+    row_id = F.when(F.col("_from_ecommerce") & F.col("_index").isNotNull(),
+                    F.concat_ws(":", F.col("event_id"), F.col("_index").cast("string"))
+                    ).otherwise(F.col("event_id"))
+    return exploded.select(
+        row_id.alias("event_id"),
+        "event_type",
+        "event_time",
+        "channel",
+        "user_id",
+        "anonymous_id",
+        hmac_sha256_hex(F.col("_email"), params.pii_key).alias("email_hash"),
+        hmac_sha256_hex(F.col("_phone"), params.pii_key).alias("phone_hash"),
+        "session_id",
+        item["item_id"].alias("item_id"),
+        item["item_name"].alias("item_name"),
+        item["category"].alias("category"),
+        item["brand"].alias("brand"),
+        price.alias("price"),
+        quantity.alias("quantity"),
+        F.coalesce(given_revenue, derived_revenue).alias("revenue"),
+        item["discount"].try_cast("double").alias("discount"),
+        "currency",
+        consent_p.alias("consent_personalization"),
+        consent_a.alias("consent_analytics"),
+        _merge_maps(F.col("properties"), coupon).alias("properties"),
+        F.to_date("event_time").alias("event_date"),
+        F.col("event_id").alias("_record_id"),
+    )

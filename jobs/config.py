@@ -1,0 +1,202 @@
+"""Layered configuration: conf/base.yaml + an environment file + `--set` overrides + env vars.
+
+Validation happens here, before any Spark session starts, so a typo in a key or a wrong type
+stops a job with one line naming the key instead of a stack trace ten minutes into a run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONF_DIR = REPO_ROOT / "conf"
+DEFAULT_ENV_FILE = CONF_DIR / "local.yaml"
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased as the one line a user sees."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class S3Config(_Strict):
+    endpoint: str | None = None
+    region: str = "us-east-1"
+    path_style_access: bool = False
+    ssl_enabled: bool = True
+    encryption_algorithm: str | None = Field(default=None, pattern="^(SSE-S3|SSE-KMS)$")
+
+
+class StorageConfig(_Strict):
+    root: str
+    s3: S3Config = S3Config()
+
+
+class SparkConfig(_Strict):
+    master: str = "local[2]"
+    app_name: str = "tailor"
+    s3a_jars_dir: str | None = ".spark-jars"
+    conf: dict[str, str] = {}
+
+
+class MlflowConfig(_Strict):
+    tracking_uri: str
+    experiment: str = "tailor"
+
+
+class PiiConfig(_Strict):
+    demo_key: str | None = None
+    default_phone_country_code: str = Field(default="1", pattern=r"^\d{1,3}$")
+    # Filled from TAILOR_PII_KEY by load_config; a file cannot set it (it is not a field).
+    _env_key: str | None = PrivateAttr(default=None)
+
+    def effective_key(self) -> str:
+        """The HMAC key: the environment's, else a conf's explicit demo key, else refuse."""
+        if self._env_key:
+            return self._env_key
+        if self.demo_key:
+            return self.demo_key
+        raise ConfigError(
+            "pii: no PII hash key: set TAILOR_PII_KEY in the environment "
+            "(or pii.demo_key in a non-production conf)")
+
+
+class ConsentConfig(_Strict):
+    default_personalization: bool = False
+    default_analytics: bool = False
+
+
+class IngestConfig(_Strict):
+    max_future_skew_minutes: int = Field(default=5, ge=0)
+    event_aliases: dict[str, str] = {}
+    event_types: list[str]
+    item_event_types: list[str]
+
+
+class SampleConfig(_Strict):
+    users: int = Field(default=2000, gt=0)
+    days: int = Field(default=90, gt=0)
+    seed: int = 42
+
+
+class TailorConfig(_Strict):
+    storage: StorageConfig
+    spark: SparkConfig = SparkConfig()
+    mlflow: MlflowConfig
+    pii: PiiConfig = PiiConfig()
+    consent: ConsentConfig = ConsentConfig()
+    ingest: IngestConfig
+    sample: SampleConfig = SampleConfig()
+
+    def digest(self) -> str:
+        """A short hash of the effective settings (secrets excluded), for the audit log."""
+        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """Merge override into base recursively; scalars and lists in override replace."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def interpolate_env(value: Any, environ: dict[str, str], path: str = "") -> Any:
+    """Replace ${VAR} / ${VAR:-default} in every string; a missing VAR without default is an error."""
+    if isinstance(value, dict):
+        return {k: interpolate_env(v, environ, f"{path}.{k}" if path else k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate_env(v, environ, f"{path}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in environ:
+            return environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"{path}: environment variable {name} is not set")
+
+    return _ENV_REF.sub(substitute, value)
+
+
+def parse_override(assignment: str) -> dict:
+    """Turn `a.b.c=value` into {"a": {"b": {"c": value}}}, the value read as a YAML scalar."""
+    key, sep, raw_value = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {assignment}: expected key=value")
+    value = yaml.safe_load(raw_value) if raw_value.strip() else ""
+    if "." in key and key.split(".")[0] == "spark" and key.split(".")[1] == "conf":
+        # Spark keys contain dots themselves: spark.conf.spark.sql.x=1 sets conf["spark.sql.x"].
+        return {"spark": {"conf": {key.split(".", 2)[2]: str(value)}}}
+    nested: dict = value
+    for part in reversed(key.strip().split(".")):
+        nested = {part: nested}
+    return nested
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path}: invalid YAML ({exc.__class__.__name__})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: top level must be a mapping")
+    return data
+
+
+def _apply_environment(raw: dict, environ: dict[str, str]) -> dict:
+    """Environment variables win over files for secrets and endpoints."""
+    raw = dict(raw)
+    if environ.get("MLFLOW_TRACKING_URI"):
+        raw = deep_merge(raw, {"mlflow": {"tracking_uri": environ["MLFLOW_TRACKING_URI"]}})
+    endpoint = environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        raw = deep_merge(raw, {"storage": {"s3": {"endpoint": endpoint}}})
+    return raw
+
+
+def _describe(error: dict) -> str:
+    location = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        return f"{location}: unknown key"
+    if error["type"] == "missing":
+        return f"{location}: required value missing"
+    return f"{location}: {error['msg']} (got {error.get('input')!r})"
+
+
+def load_config(conf_file: str | Path | None = None, overrides: list[str] = (),
+                environ: dict[str, str] | None = None) -> TailorConfig:
+    """base.yaml + (conf_file or local.yaml) + overrides + environment, validated."""
+    environ = dict(os.environ if environ is None else environ)
+    raw = _read_yaml(CONF_DIR / "base.yaml")
+    env_file = Path(conf_file) if conf_file else DEFAULT_ENV_FILE
+    raw = deep_merge(raw, _read_yaml(env_file))
+    for assignment in overrides:
+        raw = deep_merge(raw, parse_override(assignment))
+    raw = interpolate_env(raw, environ)
+    raw = _apply_environment(raw, environ)
+    try:
+        config = TailorConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError("config error: " + _describe(exc.errors()[0])) from None
+    config.pii._env_key = environ.get("TAILOR_PII_KEY") or None
+    return config

@@ -1,0 +1,179 @@
+"""The storage root: URIs, small files, the writer lock — through Hadoop's FileSystem API.
+
+Going through the JVM's FileSystem means `file://` and `s3a://` roots behave the same for the
+small files (lock, audit lines) as they do for Spark's own Parquet reads and writes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+from datetime import datetime, timezone
+from pathlib import Path
+
+
+class StorageError(RuntimeError):
+    """A storage problem phrased for the user (locked root, missing input, bad URI)."""
+
+
+def resolve_uri(location: str) -> str:
+    """A plain path becomes an absolute file:// URI; s3:// is read as s3a://."""
+    if location.startswith("s3a://"):
+        return location.rstrip("/")
+    if location.startswith("s3://"):
+        return "s3a://" + location[len("s3://"):].rstrip("/")
+    if location.startswith("file://"):
+        return "file://" + str(Path(location[len("file://"):]).resolve())
+    if "://" in location:
+        raise StorageError(f"unsupported storage URI {location!r}: use a path, file:// or s3a://")
+    return "file://" + str(Path(location).resolve())
+
+
+def join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
+
+
+class Storage:
+    """Small-file access to one storage root, with the Spark session's Hadoop settings."""
+
+    def __init__(self, spark, root: str):
+        self.spark = spark
+        self.root = resolve_uri(root)
+        self._jvm = spark.sparkContext._jvm
+        self._hadoop_conf = spark.sparkContext._jsc.hadoopConfiguration()
+
+    def uri(self, *parts: str) -> str:
+        return join(self.root, *parts)
+
+    def _fs_path(self, uri: str):
+        path = self._jvm.org.apache.hadoop.fs.Path(uri)
+        return path.getFileSystem(self._hadoop_conf), path
+
+    def exists(self, uri: str) -> bool:
+        fs, path = self._fs_path(uri)
+        return fs.exists(path)
+
+    def has_parquet(self, uri: str) -> bool:
+        """True when `uri` holds a Parquet data set with at least one data file."""
+        return self.exists(uri) and any(name.endswith(".parquet") for name in self.list_files(uri))
+
+    def list_files(self, uri: str) -> list[str]:
+        """Every data file below `uri` (recursively), skipping `_`- and `.`-prefixed names."""
+        fs, path = self._fs_path(uri)
+        if not fs.exists(path):
+            raise StorageError(f"input {uri} does not exist")
+        if fs.getFileStatus(path).isFile():
+            return [path.toString()]
+        found = []
+        iterator = fs.listFiles(path, True)
+        while iterator.hasNext():
+            file_path = iterator.next().getPath()
+            relative = file_path.toString()[len(path.toString()):]
+            if not any(part.startswith(("_", ".")) for part in relative.split("/") if part):
+                found.append(file_path.toString())
+        return sorted(found)
+
+    def read_text(self, uri: str) -> str:
+        fs, path = self._fs_path(uri)
+        stream = fs.open(path)
+        try:
+            reader = self._jvm.java.io.BufferedReader(
+                self._jvm.java.io.InputStreamReader(stream, "UTF-8"))
+            lines = []
+            line = reader.readLine()
+            while line is not None:
+                lines.append(line)
+                line = reader.readLine()
+            return "\n".join(lines)
+        finally:
+            stream.close()
+
+    def write_text(self, uri: str, text: str, overwrite: bool = True) -> bool:
+        """Write a small file; with overwrite=False, False if it already exists."""
+        fs, path = self._fs_path(uri)
+        try:
+            stream = fs.create(path, overwrite)
+        except Exception as exc:  # py4j wraps FileAlreadyExistsException
+            if "FileAlreadyExists" in str(exc) or "already exists" in str(exc):
+                return False
+            raise
+        try:
+            stream.write(bytearray(text.encode("utf-8")))
+        finally:
+            stream.close()
+        return True
+
+    def delete(self, uri: str, recursive: bool = False) -> None:
+        fs, path = self._fs_path(uri)
+        fs.delete(path, recursive)
+
+    def append_audit(self, record: dict) -> str:
+        """One JSON line per job run under audit/job_runs/, partitioned by day."""
+        day = record["started_at"][:10]
+        uri = self.uri("audit", "job_runs", f"date={day}", f"{record['run_id']}.jsonl")
+        self.write_text(uri, json.dumps(record, sort_keys=True) + "\n")
+        return uri
+
+
+class RootLock:
+    """One writer per storage root: `_lock` is created only if absent.
+
+    A lock left behind by a dead process on this host is taken over; any other holder makes
+    the job stop with a clear "locked by …" error.
+    """
+
+    def __init__(self, storage: Storage, job: str, run_id: str):
+        self.storage = storage
+        self.uri = storage.uri("_lock")
+        self.holder = {"job": job, "run_id": run_id, "host": socket.gethostname(),
+                       "pid": os.getpid(),
+                       "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+    def _stale(self, holder: dict) -> bool:
+        if holder.get("host") != socket.gethostname():
+            return False
+        try:
+            os.kill(int(holder["pid"]), 0)
+        except ProcessLookupError:
+            return True
+        except (PermissionError, KeyError, ValueError, TypeError):
+            return False
+        return False
+
+    def __enter__(self) -> "RootLock":
+        payload = json.dumps(self.holder)
+        if self.storage.write_text(self.uri, payload, overwrite=False):
+            return self
+        try:
+            holder = json.loads(self.storage.read_text(self.uri))
+        except Exception:
+            holder = {}
+        if self._stale(holder):
+            self.storage.write_text(self.uri, payload, overwrite=True)
+            return self
+        raise StorageError(
+            f"storage root {self.storage.root} is locked by {holder.get('job', '?')} "
+            f"(run {holder.get('run_id', '?')}, pid {holder.get('pid', '?')} on "
+            f"{holder.get('host', '?')}, since {holder.get('since', '?')}); "
+            f"if that job is gone, delete {self.uri}")
+
+    def __exit__(self, *exc) -> None:
+        self.storage.delete(self.uri)
+
+
+def upload_folder(folder: Path, target: str, config) -> None:
+    """Copy a local folder's files to an s3a:// prefix (used for generated dumps, no Spark).
+
+    The endpoint, addressing style and credentials are the ones Spark's S3A connector uses.
+    """
+    import boto3
+    from botocore.config import Config as BotoConfig
+
+    bucket, _, prefix = target[len("s3a://"):].partition("/")
+    s3 = config.storage.s3
+    client = boto3.client(
+        "s3", endpoint_url=s3.endpoint, region_name=s3.region, use_ssl=s3.ssl_enabled,
+        config=BotoConfig(s3={"addressing_style": "path" if s3.path_style_access else "auto"}))
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        key = "/".join(filter(None, [prefix.strip("/"), str(file.relative_to(folder))]))
+        client.upload_file(str(file), bucket, key)
