@@ -16,4 +16,4 @@ def personalization_events(events: DataFrame) -> DataFrame:
 
 def analytics_events(events: DataFrame) -> DataFrame:
     """Events that may feed aggregate (not per-person) tables."""
-    return events.where(F.col("consent_analytics") | F.col("consent_personalization"))
+    return events.where(F.col("consent_analytics"))
