@@ -11,7 +11,7 @@ from jobs.config import REPO_ROOT, TailorConfig
 from jobs.runtime import JobError, config_options, execute, report_errors
 from jobs.storage import resolve_uri, upload_folder
 
-DEFAULT_SAMPLE_DIR = REPO_ROOT / "var" / "raw" / "sample"
+SAMPLE_DIR = REPO_ROOT / "var" / "raw"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -77,18 +77,19 @@ def ensure_sample(config: TailorConfig) -> str:
     """The generated sample dump used when the pipeline gets no --input (made once)."""
     from jobs.sample_data import write_sample
 
-    marker = DEFAULT_SAMPLE_DIR / "_SUCCESS"
+    sample = config.sample
+    folder = SAMPLE_DIR / f"sample-u{sample.users}-d{sample.days}-s{sample.seed}"
+    marker = folder / "_SUCCESS"
     if not marker.exists():
-        DEFAULT_SAMPLE_DIR.mkdir(parents=True, exist_ok=True)
-        write_sample(DEFAULT_SAMPLE_DIR, users=config.sample.users, days=config.sample.days,
-                     seed=config.sample.seed)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_sample(folder, users=sample.users, days=sample.days, seed=sample.seed)
         marker.touch()
-    return str(DEFAULT_SAMPLE_DIR)
+    return str(folder)
 
 
 @main.command("pipeline")
 @click.option("--input", "input_uri", default=None,
-              help="Raw dump to run on (default: the generated sample under ./var/raw/sample).")
+              help="Raw dump to run on (default: the generated sample under ./var/raw/).")
 @report_errors
 @config_options
 def pipeline(config: TailorConfig, input_uri: str | None) -> None:
