@@ -7,6 +7,7 @@ two SHA-256 calls inside the JVM.
 from __future__ import annotations
 
 import hashlib
+import hmac
 
 from pyspark.sql import Column
 from pyspark.sql import functions as F
@@ -64,3 +65,14 @@ def mask_pii_text(raw: Column) -> Column:
     masked = F.regexp_replace(raw, _PII_KEY_VALUE, '$1"***"')
     masked = F.regexp_replace(masked, _EMAIL_PATTERN, "***@***")
     return F.regexp_replace(masked, _PHONE_PATTERN, "***")
+
+
+SUPPRESSION_CONTEXT = b"tailor-suppression-list-v1"
+
+
+def suppression_token(identifier_type: str, identifier: str, pii_key: str) -> str:
+    """How the suppression list stores an identifier: HMAC-SHA256 under a key derived from the
+    PII key for this purpose only, so the list holds neither raw ids nor the event hashes."""
+    derived = hmac.new(pii_key.encode("utf-8"), SUPPRESSION_CONTEXT, hashlib.sha256).digest()
+    message = f"{identifier_type}:{identifier}".encode("utf-8")
+    return hmac.new(derived, message, hashlib.sha256).hexdigest()

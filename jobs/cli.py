@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from jobs import ingest_events
+from jobs import apply_retention, forget_users, ingest_events, resolve_identities
 from jobs.config import REPO_ROOT, TailorConfig
 from jobs.runtime import JobError, config_options, execute, report_errors
 from jobs.storage import resolve_uri, upload_folder
@@ -21,6 +21,9 @@ def main() -> None:
 
 
 main.add_command(ingest_events.main, "ingest")
+main.add_command(resolve_identities.main, "identities")
+main.add_command(apply_retention.main, "retention")
+main.add_command(forget_users.main, "forget")
 
 
 def _write_local_or_upload(config: TailorConfig, output: str, write) -> dict:
@@ -99,12 +102,16 @@ def pipeline(config: TailorConfig, input_uri: str | None) -> None:
     config.pii.effective_key()
     input_uri = input_uri or ensure_sample(config)
     spark = build_spark_session(config)
-    stages = [("ingest_events", lambda job: ingest_events.ingest(job, input_uri))]
+    stages = [
+        ("ingest_events", lambda job: ingest_events.ingest(job, input_uri)),
+        ("apply_retention", apply_retention.apply_retention),
+        ("resolve_identities", resolve_identities.resolve),
+    ]
     for name, body in stages:
         click.echo(f"== {name}")
         execute(name, config, body, spark=spark)
     root = resolve_uri(config.storage.root)
-    click.echo(f"\nOutputs under {root}: events/, quarantine/, audit/")
+    click.echo(f"\nOutputs under {root}: events/, quarantine/, identity/, audit/")
     click.echo(f"MLflow runs: {config.mlflow.tracking_uri}  (open the UI with `make mlflow-ui`)")
 
 

@@ -10,7 +10,8 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from datetime import date
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
@@ -90,14 +91,75 @@ class SampleConfig(_Strict):
     seed: int = 42
 
 
+class SplitConfig(_Strict):
+    method: Literal["per_user", "time"] = "per_user"
+    ratio: float = Field(default=0.75, gt=0, lt=1)
+    seed: int = 42
+    test_days: float = Field(default=14.0, gt=0)
+
+
+class TuningConfig(_Strict):
+    enabled: bool = False
+    n_trials: int = Field(default=10, gt=0)
+    method: Literal["random", "grid"] = "random"
+    # Search space per model name: {param: [values]} or {param: {uniform|log_uniform: [lo, hi]}}.
+    space: dict[str, dict[str, list | dict[str, list[float]]]] = {}
+
+
+class RegistryConfig(_Strict):
+    model_name: str = "tailor-recommender"
+    promotion_margin: float = Field(default=0.0, ge=0)
+
+
+class TrainingConfig(_Strict):
+    model: str = "als"
+    # Parameters per model name, so switching `model` needs no other change.
+    params: dict[str, dict[str, Any]] = {}
+    baselines: list[str] = ["popularity"]
+    k: int = Field(default=10, gt=0)
+    similar_items_k: int = Field(default=10, gt=0)
+    as_of: date | None = None
+    weights: dict[str, float | Literal["rating"]] = {}
+    half_life_days: float | None = Field(default=None, gt=0)
+    weighting: Literal["none", "bm25", "tfidf"] = "none"
+    bm25: dict[str, float] = {"K1": 1.2, "B": 0.75}
+    binarize: bool = False
+    split: SplitConfig = SplitConfig()
+    tuning: TuningConfig = TuningConfig()
+    registry: RegistryConfig = RegistryConfig()
+
+
+class FeaturesConfig(_Strict):
+    as_of: date | None = None
+    half_life_days: float = Field(default=30.0, gt=0)
+    new_arrival_days: int = Field(default=14, ge=0)
+    top_categories: int = Field(default=10, gt=0)
+    channels: list[str] = ["web", "app", "email"]
+    embedding_dims: int = Field(default=16, gt=0)
+    seed: int = 42
+
+
+class IdentityConfig(_Strict):
+    max_links: int = Field(default=20, gt=0)
+    max_rounds: int = Field(default=64, gt=0)
+
+
+class RetentionConfig(_Strict):
+    days: int | None = Field(default=None, gt=0)
+
+
 class TailorConfig(_Strict):
     storage: StorageConfig
+    features: FeaturesConfig = FeaturesConfig()
     spark: SparkConfig = SparkConfig()
     mlflow: MlflowConfig
     pii: PiiConfig = PiiConfig()
     consent: ConsentConfig = ConsentConfig()
     ingest: IngestConfig
     sample: SampleConfig = SampleConfig()
+    identity: IdentityConfig = IdentityConfig()
+    retention: RetentionConfig = RetentionConfig()
+    training: TrainingConfig = TrainingConfig()
 
     def digest(self) -> str:
         """A short hash of the effective settings (secrets excluded), for the audit log."""

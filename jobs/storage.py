@@ -107,6 +107,44 @@ class Storage:
         fs, path = self._fs_path(uri)
         fs.delete(path, recursive)
 
+    def subfolders(self, uri: str) -> list[str]:
+        """Names of the folders directly under `uri` (empty when it does not exist)."""
+        fs, path = self._fs_path(uri)
+        if not fs.exists(path):
+            return []
+        return sorted(status.getPath().getName() for status in fs.listStatus(path)
+                      if status.isDirectory())
+
+    def stage(self, uri: str, write, run_id: str) -> str:
+        """Write a new version of the data set at `uri` under _staging/; returns where."""
+        staged = self.uri("_staging", run_id, uri[len(self.root):].strip("/").replace("/", "__"))
+        write(staged)
+        return staged
+
+    def swap_in(self, staged: str, uri: str) -> None:
+        """Move a staged version into place, retiring the current one."""
+        fs, target = self._fs_path(uri)
+        _, staged_path = self._fs_path(staged)
+        retired = self._jvm.org.apache.hadoop.fs.Path(staged + ".old")
+        if fs.exists(target) and not fs.rename(target, retired):
+            raise StorageError(f"could not move {uri} aside")
+        fs.mkdirs(target.getParent())
+        if not fs.rename(staged_path, target):
+            raise StorageError(f"could not move the new {uri} into place")
+        fs.delete(retired, True)
+
+    def clear_staging(self, run_id: str) -> None:
+        self.delete(self.uri("_staging", run_id), recursive=True)
+
+    def replace(self, uri: str, write, run_id: str) -> None:
+        """Replace the data set at `uri` with what `write(staging_uri)` writes.
+
+        The new version is complete under _staging/ before it moves in, so a failed run
+        leaves the previous version readable.
+        """
+        self.swap_in(self.stage(uri, write, run_id), uri)
+        self.clear_staging(run_id)
+
     def append_audit(self, record: dict) -> str:
         """One JSON line per job run under audit/job_runs/, partitioned by day."""
         day = record["started_at"][:10]

@@ -1,0 +1,75 @@
+"""Resolve identities over all events into identity/ (one row per identifier with its person).
+
+    spark-submit jobs/resolve_identities.py [--conf conf/ENV.yaml] [--set k=v …]
+    tailor identities [--conf …] [--set …]
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file by spark-submit: make the checkout importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import click
+
+from features.identity import IDENTITY_COLUMNS, resolve_identities
+from jobs.config import TailorConfig
+from jobs.runtime import JobRun, config_options, execute, report_errors
+
+SIZE_BUCKETS = [(1, "1"), (2, "2"), (5, "3-5"), (10, "6-10"), (100, "11-100")]
+
+
+def size_bucket(size: int) -> str:
+    return next((name for limit, name in SIZE_BUCKETS if size <= limit), ">100")
+
+
+def _bucket_order(name: str) -> int:
+    names = [bucket for _, bucket in SIZE_BUCKETS] + [">100"]
+    return names.index(name)
+
+
+def resolve(job: JobRun) -> dict:
+    from pyspark.sql import functions as F
+
+    events_uri, identity_uri = job.storage.uri("events"), job.storage.uri("identity")
+    job.inputs, job.outputs = [events_uri], [identity_uri]
+    if not job.storage.has_parquet(events_uri):
+        job.say("no events yet: nothing to resolve")
+        return {"persons": 0, "identifiers": 0}
+    events = job.spark.read.parquet(events_uri)
+    result = resolve_identities(events, max_links=job.config.identity.max_links,
+                                max_rounds=job.config.identity.max_rounds)
+    job.storage.replace(identity_uri, lambda uri: result.identity.select(*IDENTITY_COLUMNS)
+                        .write.parquet(uri), job.run_id)
+
+    identity = job.spark.read.parquet(identity_uri)
+    sizes = identity.groupBy("person_id").count()
+    distribution: dict[str, int] = {}
+    for row in sizes.groupBy(F.col("count").alias("size")).agg(F.count("*").alias("persons")).collect():
+        bucket = size_bucket(row["size"])
+        distribution[bucket] = distribution.get(bucket, 0) + row["persons"]
+    distribution = dict(sorted(distribution.items(), key=lambda item: _bucket_order(item[0])))
+    refused = [f"{r.identifier_type}:{r.identifier[:12]}… ({r.links} links)"
+               for r in result.refused.orderBy(F.desc("links")).limit(20).collect()]
+    counts = {"identifiers": identity.count(), "persons": sizes.count(), "rounds": result.rounds,
+              "component_sizes": distribution,
+              "refused_identifiers": result.refused.count()}
+    job.say(f"{counts['identifiers']} identifiers -> {counts['persons']} persons "
+            f"in {counts['rounds']} rounds; component sizes {counts['component_sizes']}")
+    if refused:
+        job.say(f"refused as too connected (> {job.config.identity.max_links} links): "
+                + ", ".join(refused))
+    return counts
+
+
+@click.command("identities")
+@report_errors
+@config_options
+def main(config: TailorConfig) -> None:
+    """Resolve identifiers seen together into persons (identity/)."""
+    execute("resolve_identities", config, resolve)
+
+
+if __name__ == "__main__":
+    main()
