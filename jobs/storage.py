@@ -29,6 +29,13 @@ def resolve_uri(location: str) -> str:
     return "file://" + str(Path(location).resolve())
 
 
+def _full_uri(hadoop_path: str) -> str:
+    """Hadoop prints local paths as file:/x; the rest of Tailor writes file:///x."""
+    if hadoop_path.startswith("file:/") and not hadoop_path.startswith("file:///"):
+        return "file:///" + hadoop_path[len("file:/"):]
+    return hadoop_path
+
+
 def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
 
@@ -63,14 +70,14 @@ class Storage:
         if not fs.exists(path):
             raise StorageError(f"input {uri} does not exist")
         if fs.getFileStatus(path).isFile():
-            return [path.toString()]
+            return [_full_uri(path.toString())]
         found = []
         iterator = fs.listFiles(path, True)
         while iterator.hasNext():
-            file_path = iterator.next().getPath()
-            relative = file_path.toString()[len(path.toString()):]
+            file_path = iterator.next().getPath().toString()
+            relative = file_path[len(path.toString()):]
             if not any(part.startswith(("_", ".")) for part in relative.split("/") if part):
-                found.append(file_path.toString())
+                found.append(_full_uri(file_path))
         return sorted(found)
 
     def read_text(self, uri: str) -> str:

@@ -25,12 +25,14 @@ def test_consent_timeline(spark):
         # opted out in the middle, back in later: the middle is excluded
         + history("middle", [("view_item", True), ("consent_update", False), ("view_item", True),
                              ("consent_update", True), ("purchase", True)])
-        # never any update: the record flags decide
+        # never any update: the record flags decide, and the latest one withdrew
         + history("flags", [("view_item", True), ("view_item", False)], analytics=False)
+        # never any update, consenting records throughout
+        + history("steady", [("view_item", True), ("purchase", True)])
     )
     events = spark.createDataFrame(rows, SCHEMA)
     kept = sorted(r.event_id for r in personalization_events(events).collect())
-    assert kept == ["before-3", "before-4", "flags-0", "middle-0", "middle-4"]
+    assert kept == ["before-3", "before-4", "middle-0", "middle-4", "steady-0", "steady-1"]
     assert sorted(r.person_id for r in withdrawn_persons(events).collect()) == ["after", "flags"]
     aggregate = {r.event_id for r in analytics_events(events).collect()}
     assert "after-0" in aggregate and not any(e.startswith("flags") for e in aggregate)

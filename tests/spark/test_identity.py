@@ -107,9 +107,9 @@ def test_200k_identifier_graph_converges(spark):
         F.concat(F.lit("b"), F.col("id").cast("string")).alias("event_id"),
         F.lit(T0).cast("timestamp").alias("event_time"),
         F.concat(F.lit("u"), (F.col("id") + 1).cast("string")).alias("user_id"),
-        F.lit(None).cast("string"), F.lit(None).cast("string"),
+        F.lit(None).cast("string").alias("email_hash"), F.lit(None).cast("string").alias("phone_hash"),
         F.concat(F.lit("d"), F.col("id").cast("string")).alias("anonymous_id"))
-    result = resolve_identities(people.unionByName(bridges, allowMissingColumns=False))
+    result = resolve_identities(people.unionByName(bridges))
     identity = result.identity
     assert identity.count() == 200_000
     # persons: 90k singles-of-two plus 10k merged pairs of people
