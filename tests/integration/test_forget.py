@@ -110,7 +110,8 @@ def test_forget_removes_every_trace(spark, make_config, s3_server, tmp_path, whe
     assert spark.read.parquet(root_uri + "/segments/rules").count() == 1
     assert spark.read.parquet(root_uri + "/quarantine").count() == 1  # the other malformed record
 
-    suppression = [json.loads(line) for path, text in scan().items() if "/suppression/" in path
+    files = {path: text for path, text in scan().items() if path.endswith(".jsonl")}
+    suppression = [json.loads(line) for path, text in files.items() if "/suppression/" in path
                    for line in text.splitlines()]
     assert {s["token"] for s in suppression} == {
         suppression_token("user_id", ALICE["user_id"], KEY),
@@ -118,7 +119,7 @@ def test_forget_removes_every_trace(spark, make_config, s3_server, tmp_path, whe
         suppression_token("anonymous_id", ALICE["device"], KEY),
         suppression_token("email_hash", ALICE_HASHES[0], KEY),
         suppression_token("phone_hash", ALICE_HASHES[1], KEY)}
-    audit = [json.loads(line) for path, text in scan().items() if "/audit/" in path
+    audit = [json.loads(line) for path, text in files.items() if "/audit/" in path
              for line in text.splitlines() if '"forget_users"' in line]
     assert [a["counts"]["rows_removed"] for a in audit] == [counts["rows_removed"]]
     assert audit[0]["counts"]["request_id"] == "forget-test"
