@@ -1,4 +1,4 @@
-"""Draft for tests/unit/test_tuning.py (outside my allowed files; for the lead to place)."""
+"""Tuning: trials sorted by validation nDCG, reproducible for a seed, spaces sampled as declared."""
 
 import numpy as np
 import pytest

@@ -1,0 +1,27 @@
+"""The training section is checked before Spark starts."""
+import pytest
+
+from jobs.config import ConfigError, load_config
+from jobs.train_recommender import check_training_config
+
+
+def test_default_training_config_is_valid():
+    check_training_config(load_config(environ={}).training)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("training.model=wide_and_deep", "unknown recommender"),
+    ("training.params.ease.lambda=3", "unexpected keyword"),
+    ("training.baselines=[popularity, magic]", "magic"),
+])
+def test_unknown_models_and_parameters_are_refused(override, message):
+    config = load_config(None, [override], environ={})
+    with pytest.raises(ConfigError, match=message):
+        check_training_config(config.training)
+
+
+def test_tuning_needs_a_space_for_the_model():
+    config = load_config(None, ["training.model=popularity", "training.tuning.enabled=true"],
+                         environ={})
+    with pytest.raises(ConfigError, match="no search space for model 'popularity'"):
+        check_training_config(config.training)
