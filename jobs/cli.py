@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from jobs import apply_retention, forget_users, ingest_events, resolve_identities
+from jobs import (apply_retention, build_features, forget_users, ingest_events, promote,
+                  resolve_identities, train_recommender)
 from jobs.config import REPO_ROOT, TailorConfig
 from jobs.runtime import JobError, config_options, execute, report_errors
 from jobs.storage import resolve_uri, upload_folder
@@ -24,6 +25,9 @@ main.add_command(ingest_events.main, "ingest")
 main.add_command(resolve_identities.main, "identities")
 main.add_command(apply_retention.main, "retention")
 main.add_command(forget_users.main, "forget")
+main.add_command(build_features.main, "features")
+main.add_command(train_recommender.main, "train")
+main.add_command(promote.main, "promote")
 
 
 def _write_local_or_upload(config: TailorConfig, output: str, write) -> dict:
@@ -106,12 +110,14 @@ def pipeline(config: TailorConfig, input_uri: str | None) -> None:
         ("ingest_events", lambda job: ingest_events.ingest(job, input_uri)),
         ("apply_retention", apply_retention.apply_retention),
         ("resolve_identities", resolve_identities.resolve),
+        ("build_features", build_features.build),
+        ("train_recommender", train_recommender.train),
     ]
     for name, body in stages:
         click.echo(f"== {name}")
         execute(name, config, body, spark=spark)
     root = resolve_uri(config.storage.root)
-    click.echo(f"\nOutputs under {root}: events/, quarantine/, identity/, audit/")
+    click.echo(f"\nOutputs under {root}: events/, quarantine/, identity/, features/, recommendations/, audit/")
     click.echo(f"MLflow runs: {config.mlflow.tracking_uri}  (open the UI with `make mlflow-ui`)")
 
 
