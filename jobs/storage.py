@@ -137,6 +137,8 @@ class Storage:
             raise StorageError(f"could not move {uri} aside")
         fs.mkdirs(target.getParent())
         if not fs.rename(staged_path, target):
+            if fs.exists(retired):
+                fs.rename(retired, target)  # put the previous version back
             raise StorageError(f"could not move the new {uri} into place")
         fs.delete(retired, True)
 
@@ -149,8 +151,10 @@ class Storage:
         The new version is complete under _staging/ before it moves in, so a failed run
         leaves the previous version readable.
         """
-        self.swap_in(self.stage(uri, write, run_id), uri)
-        self.clear_staging(run_id)
+        try:
+            self.swap_in(self.stage(uri, write, run_id), uri)
+        finally:
+            self.clear_staging(run_id)
 
     def append_audit(self, record: dict) -> str:
         """One JSON line per job run under audit/job_runs/, partitioned by day."""

@@ -20,8 +20,9 @@ import click
 import pandas as pd
 
 from features.consent import personalization_events
-from features.identity import primary_user_ids, with_person_id
+from features.identity import primary_user_ids
 from jobs.config import ConfigError, TailorConfig, TrainingConfig
+from jobs.inputs import resolved_events
 from jobs.runtime import JobRun, config_options, execute, report_errors
 
 RECOMMENDATION_SCHEMA = ("person_id string, user_id string, item_id string, rank int, "
@@ -49,15 +50,9 @@ def read_events(job: JobRun):
 
     from training.spark_interactions import as_of_end
 
-    events_uri, identity_uri = job.storage.uri("events"), job.storage.uri("identity")
-    job.inputs = [events_uri]
-    if not job.storage.has_parquet(events_uri):
+    events = resolved_events(job)
+    if events is None:
         return None
-    identity = None
-    if job.storage.has_parquet(identity_uri):
-        job.inputs.append(identity_uri)
-        identity = job.spark.read.parquet(identity_uri)
-    events = with_person_id(job.spark.read.parquet(events_uri), identity)
     events = personalization_events(events)
     if job.config.training.as_of:
         events = events.where(F.col("event_time") < F.lit(as_of_end(job.config.training.as_of)))
