@@ -146,3 +146,32 @@ def primary_user_ids(events: DataFrame) -> DataFrame:
             .withColumn("_rank", F.row_number().over(newest_first))
             .where(F.col("_rank") == 1)
             .select("person_id", F.col("primary").alias("user_id")))
+
+
+def probabilistic_links(events: DataFrame, fingerprint_key: str, network_key: str,
+                        window_minutes: int, min_confidence: float) -> DataFrame:
+    """Links (a, b, confidence, observations) between anonymous ids seen with the same device
+    fingerprint on the same network within `window_minutes` of each other.
+
+    Each distinct window in which two ids meet is one observation; confidence is
+    1 - 0.5^observations, so one meeting gives 0.5 and three give 0.875. Only links at or above
+    `min_confidence` are returned. Off unless a deployment turns it on: a household sharing a
+    router and a phone model looks the same as one person on two browsers.
+    """
+    window = window_minutes * 60
+    seen = events.where(F.col("anonymous_id").isNotNull()).select(
+        _node("anonymous_id", F.col("anonymous_id")).alias("node"),
+        F.col("properties")[fingerprint_key].alias("fingerprint"),
+        F.col("properties")[network_key].alias("network"),
+        F.unix_timestamp("event_time").alias("t"),
+    ).where(F.col("fingerprint").isNotNull() & F.col("network").isNotNull()).withColumn(
+        "bucket", F.floor(F.col("t") / window))
+    later = seen.select(*[F.col(c).alias(f"o_{c}") for c in seen.columns]).withColumn(
+        "o_bucket", F.explode(F.array(F.col("o_bucket") - 1, F.col("o_bucket"), F.col("o_bucket") + 1)))
+    meetings = seen.join(later, (seen.fingerprint == later.o_fingerprint)
+                         & (seen.network == later.o_network) & (seen.bucket == later.o_bucket)
+                         & (seen.node < later.o_node) & (F.abs(seen.t - later.o_t) <= window))
+    links = meetings.groupBy(F.col("node").alias("a"), F.col("o_node").alias("b")).agg(
+        F.countDistinct(F.least("bucket", F.floor(F.col("o_t") / window))).alias("observations"))
+    return (links.withColumn("confidence", 1 - F.pow(F.lit(0.5), F.col("observations")))
+            .where(F.col("confidence") >= min_confidence))

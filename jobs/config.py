@@ -139,9 +139,18 @@ class FeaturesConfig(_Strict):
     seed: int = 42
 
 
+class StitchingConfig(_Strict):
+    enabled: bool = False
+    fingerprint_property: str = "device_fingerprint"
+    network_property: str = "network"
+    window_minutes: int = Field(default=30, gt=0)
+    min_confidence: float = Field(default=0.75, gt=0, le=1)
+
+
 class IdentityConfig(_Strict):
     max_links: int = Field(default=20, gt=0)
     max_rounds: int = Field(default=64, gt=0)
+    stitching: StitchingConfig = StitchingConfig()
 
 
 class RetentionConfig(_Strict):

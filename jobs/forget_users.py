@@ -143,7 +143,8 @@ def forget(job: JobRun, subjects: list[dict], request_id: str) -> dict:
     for row in person_identifiers:
         identifiers.setdefault(row.identifier_type, []).append(row.identifier)
 
-    tables = [t for t in [events_uri, identity_uri, quarantine_uri] + _parquet_tables(job)
+    links_uri = job.storage.uri("identity_links")
+    tables = [t for t in [events_uri, identity_uri, links_uri, quarantine_uri] + _parquet_tables(job)
               if job.storage.has_parquet(t)]
     removed, staged = {}, []
     try:

@@ -13,7 +13,7 @@ if __package__ in (None, ""):  # run as a file by spark-submit: make the checkou
 
 import click
 
-from features.identity import IDENTITY_COLUMNS, resolve_identities
+from features.identity import IDENTITY_COLUMNS, probabilistic_links, resolve_identities
 from jobs.config import TailorConfig
 from jobs.runtime import JobRun, config_options, execute, report_errors
 
@@ -29,6 +29,28 @@ def _bucket_order(name: str) -> int:
     return names.index(name)
 
 
+def stitched_links(job: JobRun, events):
+    """Probabilistic links, also written to identity_links/ (each link both ways, so that
+    forgetting either end finds it) with their confidence."""
+    from pyspark.sql import functions as F
+
+    stitching = job.config.identity.stitching
+    links = probabilistic_links(events, stitching.fingerprint_property, stitching.network_property,
+                                stitching.window_minutes, stitching.min_confidence).localCheckpoint()
+    anonymous = F.expr("substring({0}, instr({0}, ':') + 1)".format)
+    both_ways = links.select(anonymous("a").alias("anonymous_id"),
+                             anonymous("b").alias("linked_anonymous_id"), "confidence", "observations")
+    both_ways = both_ways.unionByName(both_ways.select(
+        F.col("linked_anonymous_id").alias("anonymous_id"),
+        F.col("anonymous_id").alias("linked_anonymous_id"), "confidence", "observations"))
+    links_uri = job.storage.uri("identity_links")
+    job.storage.replace(links_uri, lambda uri: both_ways.write.parquet(uri), job.run_id)
+    job.outputs.append(links_uri)
+    job.say(f"probabilistic stitching: {links.count()} links at confidence >= "
+            f"{stitching.min_confidence}")
+    return links.select("a", "b")
+
+
 def resolve(job: JobRun) -> dict:
     from pyspark.sql import functions as F
 
@@ -38,8 +60,10 @@ def resolve(job: JobRun) -> dict:
         job.say("no events yet: nothing to resolve")
         return {"persons": 0, "identifiers": 0}
     events = job.spark.read.parquet(events_uri)
-    result = resolve_identities(events, max_links=job.config.identity.max_links,
-                                max_rounds=job.config.identity.max_rounds)
+    settings = job.config.identity
+    links = stitched_links(job, events) if settings.stitching.enabled else None
+    result = resolve_identities(events, max_links=settings.max_links,
+                                max_rounds=settings.max_rounds, extra_links=links)
     job.storage.replace(identity_uri, lambda uri: result.identity.select(*IDENTITY_COLUMNS)
                         .write.parquet(uri), job.run_id)
 

@@ -115,3 +115,24 @@ def test_200k_identifier_graph_converges(spark):
     # persons: 90k singles-of-two plus 10k merged pairs of people
     assert identity.select("person_id").distinct().count() == 90_000
     assert result.rounds <= 20
+
+
+def test_probabilistic_stitching_links_only_confident_pairs(spark):
+    from features.identity import probabilistic_links
+
+    def seen(anon, minutes, fingerprint="fp-1", network="net-1"):
+        return (f"s-{anon}-{minutes}", T0 + timedelta(minutes=minutes), anon,
+                {"device_fingerprint": fingerprint, "network": network})
+
+    rows = [seen(a, m) for a in ("laptop", "tablet") for m in (0, 300, 600)]  # three meetings
+    rows += [seen("tablet", 1000), seen("stranger", 1010)]                      # one meeting only
+    rows += [seen("neighbour", 5, network="net-2")]                             # other network
+    rows += [seen("late", 900)]                                # 100 min from anyone else
+    events = spark.createDataFrame(rows, "event_id string, event_time timestamp, anonymous_id string, "
+                                         "properties map<string,string>")
+    links = {(r.a, r.b): (r.observations, r.confidence)
+             for r in probabilistic_links(events, "device_fingerprint", "network", 30, 0.75).collect()}
+    assert links == {("anonymous_id:laptop", "anonymous_id:tablet"): (3, 0.875)}
+    everything = probabilistic_links(events, "device_fingerprint", "network", 30, 0.1).collect()
+    assert {(r.a, r.b) for r in everything} == {
+        ("anonymous_id:laptop", "anonymous_id:tablet"), ("anonymous_id:stranger", "anonymous_id:tablet")}
