@@ -1,13 +1,18 @@
-"""`tailor pipeline` as `make run` calls it: generated sample in, every stage, outputs listed."""
+"""`tailor pipeline` as `make run` calls it: generated sample in, every stage, outputs listed,
+and the PII key nowhere in what it printed, stored or sent to MLflow."""
 import json
 
-from tests.conftest import tailor
+from tests.conftest import REPO, tailor
+from tests.integration.test_ingest_job import strings_in
+
+PII_KEY = "pipeline-secret-key-8d1f0c"
 
 
 def test_pipeline_on_a_small_generated_sample(tmp_path):
     root = tmp_path / "root"
     result = tailor("pipeline", "--set", f"storage.root={root}", "--set", "sample.users=30",
-                    "--set", "sample.days=7", "--set", f"mlflow.tracking_uri=sqlite:///{tmp_path}/m.db")
+                    "--set", "sample.days=7", "--set", f"mlflow.tracking_uri=sqlite:///{tmp_path}/m.db",
+                    env={"TAILOR_PII_KEY": PII_KEY})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "== ingest_events" in result.stdout
     assert f"Outputs under file://{root}" in result.stdout
@@ -17,3 +22,10 @@ def test_pipeline_on_a_small_generated_sample(tmp_path):
     assert {r["job"] for r in runs} == {
         "ingest_events", "apply_retention", "resolve_identities", "build_features",
         "train_recommender"} and all(r["status"] == "succeeded" for r in runs)
+
+    assert PII_KEY not in result.stdout + result.stderr
+    stored = [p for folder in (tmp_path, REPO / "var" / "mlartifacts") if folder.exists()
+              for p in folder.rglob("*") if p.is_file()]
+    assert any(p.name == "m.db" for p in stored)
+    for path in stored:
+        assert PII_KEY not in strings_in(path), f"the PII key is in {path}"
