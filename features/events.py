@@ -175,9 +175,9 @@ def check_records(raw: DataFrame, params: IngestParams) -> DataFrame:
     Returns one row per raw record with `reason` (null = accepted) and `reason_detail`.
     """
     m = F.col("_m")
-    ecommerce = F.from_json(_text(m, "ecommerce"), _ECOMMERCE_SCHEMA)
-    consent = F.from_json(_text(m, "consent"), _CONSENT_SCHEMA)
-    explicit_properties = F.from_json(_text(m, "properties"), "map<string,string>")
+    # Nested blocks are parsed once into columns of their own, not inline where they are used:
+    # an expression inside coalesce/when branches is not shared, and would be re-parsed per use.
+    ecommerce, consent, explicit_properties = F.col("_ecom"), F.col("_consent"), F.col("_props")
     leftover = F.map_filter(m, lambda k, v: ~F.array_contains(F.array(*map(F.lit, _KNOWN_KEYS)), k))
     ecommerce_extras = F.map_filter(F.create_map(
         F.lit("value"), ecommerce["value"], F.lit("transaction_id"), ecommerce["transaction_id"],
@@ -187,6 +187,11 @@ def check_records(raw: DataFrame, params: IngestParams) -> DataFrame:
 
     parsed = raw.select(
         "raw", "source_file", F.from_json("raw", "map<string,string>").alias("_m"),
+    ).select(
+        "raw", "source_file", "_m",
+        F.from_json(_text(m, "ecommerce"), _ECOMMERCE_SCHEMA).alias("_ecom"),
+        F.from_json(_text(m, "consent"), _CONSENT_SCHEMA).alias("_consent"),
+        F.from_json(_text(m, "properties"), "map<string,string>").alias("_props"),
     ).select(
         "raw", "source_file", "_m",
         F.coalesce(_text(m, "event_id"), F.sha2(F.col("raw"), 256)).alias("event_id"),
@@ -233,7 +238,10 @@ def check_records(raw: DataFrame, params: IngestParams) -> DataFrame:
     checks.append((is_item_event & F.exists(items, lambda x: x["item_id"].isNull()), "missing_field", "item_id"))
 
     reason, detail = _first_reason(checks)
-    return parsed.withColumn("reason", reason).withColumn("reason_detail", detail)
+    return (parsed.withColumn("reason", reason).withColumn("reason_detail", detail)
+            .withColumn("_is_json", m.isNotNull())
+            .withColumn("_raw_order", F.xxhash64("raw"))  # tie-break among duplicates
+            .drop("_m"))
 
 
 def quarantine_rows(checked: DataFrame) -> DataFrame:
@@ -243,7 +251,7 @@ def quarantine_rows(checked: DataFrame) -> DataFrame:
     """
     return checked.where(F.col("reason").isNotNull()).select(
         F.sha2(F.concat_ws("\u0001", F.col("source_file"), F.col("raw")), 256).alias("quarantine_id"),
-        F.when(F.col("_m").isNotNull(), F.col("event_id")).alias("event_id"),
+        F.when(F.col("_is_json"), F.col("event_id")).alias("event_id"),
         "reason", "reason_detail",
         mask_pii_text(F.col("raw")).alias("raw"),
         "source_file",
@@ -251,9 +259,10 @@ def quarantine_rows(checked: DataFrame) -> DataFrame:
 
 
 def dedupe_records(checked: DataFrame) -> DataFrame:
-    """Accepted records, one per event_id; of duplicates the first by (source_file, raw) wins."""
+    """Accepted records, one per event_id; of duplicates the first by source file, then by a
+    hash of the raw text, wins (the same one on every run)."""
     accepted = checked.where(F.col("reason").isNull())
-    first = Window.partitionBy("event_id").orderBy("source_file", "raw")
+    first = Window.partitionBy("event_id").orderBy("source_file", "_raw_order")
     return (accepted.withColumn("_copy", F.row_number().over(first))
             .where(F.col("_copy") == 1).drop("_copy"))
 
