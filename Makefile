@@ -52,8 +52,11 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
+# Each script rewrites only its own section of bench/report.md.
 bench: setup
 	$(PY) bench/run.py --out bench/report.md
+	$(PY) bench/identity_bench.py --out bench/report.md
+	$(PY) bench/features_bench.py --out bench/report.md
 
 mlflow-ui: setup
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///var/mlflow.db --host 127.0.0.1 --port 5000
