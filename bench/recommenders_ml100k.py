@@ -6,7 +6,7 @@ from training/metrics.py. The tuned champion is picked by validation nDCG@10 on 
 from the training data only, then refitted on the whole training set; the test set is used
 once, for the table.
 
-    PYTHONPATH=. .venv/bin/python bench/recommenders_ml100k.py --out bench/work/ml100k.md
+    PYTHONPATH=. .venv/bin/python bench/recommenders_ml100k.py --out bench/report.md
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import argparse
 import os
 import time
 from pathlib import Path
+
+from bench.run import machine_facts, write_section
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # implicit is slower with threaded BLAS
 
@@ -173,9 +175,8 @@ def main() -> None:
         for trial in trials[:5]
     )
     print(report)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(report + "\n")
+    write_section(Path(args.out), "recommenders",
+                  "## Recommenders on MovieLens-100k\n\n" + report + "\n\n" + "\n".join(machine_facts()))
 
 
 if __name__ == "__main__":
