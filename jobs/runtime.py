@@ -73,7 +73,7 @@ def execute(name: str, config: TailorConfig, body: Callable[[JobRun], dict],
         if status != "refused":
             storage.append_audit({
                 "job": name, "run_id": job.run_id, "status": status, "error": error,
-                "started_at": started.isoformat(timespec="seconds"),
+                "started_at": started.isoformat(timespec="microseconds"),
                 "duration_s": round(time.monotonic() - clock, 3),
                 "config_digest": config.digest(), "inputs": job.inputs,
                 "outputs": job.outputs, "counts": counts,

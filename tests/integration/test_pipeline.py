@@ -10,9 +10,10 @@ PII_KEY = "pipeline-secret-key-8d1f0c"
 
 def test_pipeline_on_a_small_generated_sample(tmp_path):
     root = tmp_path / "root"
+    # the environment's tracking URI wins over config, and earlier tests may have set one
     result = tailor("pipeline", "--set", f"storage.root={root}", "--set", "sample.users=30",
-                    "--set", "sample.days=7", "--set", f"mlflow.tracking_uri=sqlite:///{tmp_path}/m.db",
-                    env={"TAILOR_PII_KEY": PII_KEY})
+                    "--set", "sample.days=7",
+                    env={"TAILOR_PII_KEY": PII_KEY, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "== ingest_events" in result.stdout
     assert f"Outputs under file://{root}" in result.stdout
