@@ -16,10 +16,10 @@ distinct values, the item explode and the Parquet writing are vectorized. Record
 through in chunks; only the set of event ids seen so far grows with the input.
 
 Known differences, none of which the generated dumps exercise:
-* Of two records with one event_id, the first by (source file, line) wins. features/events.py
-  orders by (source_file, raw), but the job blanks `raw` of accepted records before
-  de-duplicating, so Spark in fact orders by source file only. Exact re-sends (the generator's
-  duplicates) give the same rows either way.
+* Of two records with one event_id in the same file, the first line wins; features/events.py
+  takes the one with the smaller xxhash64 of the raw text (across files both take the first
+  file). Exact re-sends, the only duplicates the generator makes, give the same rows either way;
+  matching the hash order exactly would mean keeping a hash per event id seen.
 * Number text follows pandas.to_numeric (Spark's cast also takes Java's "1d", and "NaN"),
   ISO timestamps pandas' ISO-8601 reader (Spark's cast also takes zone names and partial forms
   such as "2024-3-1"), JSON syntax Python's (Spark's parser also takes single quotes), and a
