@@ -59,7 +59,7 @@ class Measured:
     load_after: float
     java_heap: str | None = None
     stdout: str = ""
-    stderr_tail: str = ""
+    error: str | None = None  # why it failed: an OutOfMemoryError, else the last line on stderr
 
 
 def run_measured(cmd: list[str], env: dict[str, str], log: Path) -> Measured:
@@ -105,9 +105,14 @@ def run_measured(cmd: list[str], env: dict[str, str], log: Path) -> Measured:
         wall = time.monotonic() - start
         done.set()
         sampler.join()
-    stderr_tail = "\n".join(log.with_suffix(".err").read_text(errors="replace").splitlines()[-20:])
+    stdout, stderr = (log.with_suffix(suffix).read_text(errors="replace") for suffix in (".out", ".err"))
+    error = None
+    if returncode != 0:
+        lines = [line for line in stderr.splitlines() if line.strip()]
+        error = ("java.lang.OutOfMemoryError: Java heap space" if "OutOfMemoryError" in stdout + stderr
+                 else lines[-1][:300] if lines else f"exit {returncode}")
     return Measured(returncode, wall, peak, sum(cpu_by_pid.values()), load_before, os.getloadavg()[0],
-                    heap, log.with_suffix(".out").read_text(), stderr_tail)
+                    heap, stdout, error)
 
 
 # -- the ingest benchmark --------------------------------------------------------------------
@@ -149,10 +154,6 @@ def baseline_counts(stdout: str) -> dict:
     return {key: value for key, value in json.loads(lines[-1]).items() if key in _SPARK_COUNTS} if lines else {}
 
 
-def log_text(log: Path) -> str:
-    return log.with_suffix(".out").read_text(errors="replace") + log.with_suffix(".err").read_text(errors="replace")
-
-
 def run_spark(dump: Path, size: int, env: dict, driver_memory: str | None) -> tuple[Measured, str | None, str | None]:
     """`tailor ingest` into a fresh root, with Spark's default driver heap unless `driver_memory`
     is given; once more with a bigger heap if the heap runs out. Returns the run, the driver
@@ -166,7 +167,7 @@ def run_spark(dump: Path, size: int, env: dict, driver_memory: str | None) -> tu
     log = WORK / "logs" / f"spark-{size}{'-' + driver_memory if driver_memory else ''}"
     shutil.rmtree(root, ignore_errors=True)
     result = run_measured(cmd, env, log)
-    if result.returncode != 0 and not driver_memory and "OutOfMemoryError" in log_text(log):
+    if not driver_memory and result.error and "OutOfMemoryError" in result.error:
         failed_after = result.wall_s
         print(f"[ingest] {size:,}: spark ran out of heap after {failed_after:.0f}s; "
               f"again with {BIGGER_DRIVER_MEMORY}", flush=True)
@@ -199,12 +200,14 @@ class IngestResult:
     note: str | None
 
     @property
-    def ratio(self) -> float:
-        return self.rate(self.spark, self.spark_counts) / self.rate(self.baseline, self.baseline_counts)
+    def ratio(self) -> float | None:
+        """Spark's raw records/s ÷ the baseline's; None when either did not finish."""
+        spark, baseline = self.rate(self.spark, self.spark_counts), self.rate(self.baseline, self.baseline_counts)
+        return spark / baseline if spark and baseline else None
 
     @staticmethod
-    def rate(run: Measured, counts: dict, key: str = "raw_records") -> float:
-        return counts.get(key, 0) / run.wall_s
+    def rate(run: Measured, counts: dict, key: str = "raw_records") -> float | None:
+        return counts[key] / run.wall_s if run.returncode == 0 and key in counts else None
 
     def save(self) -> None:
         (WORK / f"ingest-{self.size}.json").write_text(json.dumps(asdict(self), indent=1))
@@ -237,9 +240,8 @@ def ingest_benchmark(sizes: list[int], seed: int, driver_memory: str | None) -> 
         baseline = run_baseline(dump, size, env)
         print(f"[ingest] {size:,}: baseline exit {baseline.returncode} in {baseline.wall_s:.0f}s", flush=True)
         for name, run in (("spark", spark), ("baseline", baseline)):
-            if run.returncode != 0:
-                raise SystemExit(f"{name} ingest of {dump} failed (exit {run.returncode}): "
-                                 f"{run.stderr_tail.strip().splitlines()[-1:]}")
+            if run.error:
+                print(f"[ingest] {size:,}: {name} failed: {run.error}", flush=True)
         IngestResult(size, f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", summary, spark, baseline,
                      spark_counts(spark.stdout), baseline_counts(baseline.stdout), driver_memory, note).save()
 
@@ -314,49 +316,65 @@ def _mib(n: int) -> str:
     return f"{n / 1024 ** 2:,.0f} MiB"
 
 
+def _ratio_verdict(result: IngestResult, passes) -> str:
+    if result.ratio is None:
+        failed = [f"{name} failed ({run.error})" for name, run in (("Spark", result.spark), ("the baseline", result.baseline))
+                  if run.error]
+        return f"**NOT met** ({'; '.join(failed)})"
+    return f"**{'met' if passes(result.ratio) else 'NOT met'}** (ratio {result.ratio:.2f}"
+
+
 def ingest_section(results: list[IngestResult], plans: dict) -> str:
     rows = []
     for r in results:
         for name, run, counts in (("Spark `tailor ingest`, local[2]", r.spark, r.spark_counts),
                                   ("single-process pandas/pyarrow", r.baseline, r.baseline_counts)):
+            records, event_rows = IngestResult.rate(run, counts), IngestResult.rate(run, counts, "event_rows_written")
+            rates = (f"{records:,.0f} | {event_rows:,.0f}" if records is not None
+                     else f"failed after {run.wall_s:,.0f} s: {run.error} | –")
             rows.append(
-                f"| {r.size:,} | {name} | {run.wall_s:,.1f} | {IngestResult.rate(run, counts):,.0f} | "
-                f"{IngestResult.rate(run, counts, 'event_rows_written'):,.0f} | {run.cpu_s:,.0f} | "
+                f"| {r.size:,} | {name} | {run.wall_s:,.1f} | {rates} | {run.cpu_s:,.0f} | "
                 f"{_mib(run.peak_rss)} | {run.load_before:.1f} → {run.load_after:.1f} | {r.measured_at} |")
-        rows.append(f"| {r.size:,} | **ratio Spark ÷ baseline (raw records/s)** | | **{r.ratio:.2f}** | | | | | |")
+        ratio = f"{r.ratio:.2f}" if r.ratio is not None else "–"
+        rows.append(f"| {r.size:,} | **ratio Spark ÷ baseline (raw records/s)** | | **{ratio}** | | | | | |")
     by_size = {r.size: r for r in results}
     udf_free = all(not markers for markers in plans.values())
     verdicts = [f"- No Python UDF on the hot path: **{'met' if udf_free else 'NOT met'}** — executed plans of "
                 + "; ".join(f"`{name}`: {', '.join(found) or 'none of'} {'/'.join(UDF_MARKERS)}"
                             for name, found in plans.items()) + "."]
     if 10_000_000 in by_size:
-        ratio = by_size[10_000_000].ratio
-        verdicts.append(f"- Spark ahead of the baseline at 10M events: **{'met' if ratio > 1 else 'NOT met'}** "
-                        f"(ratio {ratio:.2f}).")
+        verdict = _ratio_verdict(by_size[10_000_000], lambda ratio: ratio > 1)
+        verdicts.append(f"- Spark ahead of the baseline at 10M events: {verdict}{')' if '(ratio' in verdict else ''}.")
     if 1_000_000 in by_size:
-        ratio = by_size[1_000_000].ratio
-        verdicts.append(f"- Spark within 2× of the baseline at 1M events: **{'met' if ratio >= 0.5 else 'NOT met'}** "
-                        f"(ratio {ratio:.2f}, needs ≥ 0.50).")
+        verdict = _ratio_verdict(by_size[1_000_000], lambda ratio: ratio >= 0.5)
+        verdicts.append(f"- Spark within 2× of the baseline at 1M events: {verdict}"
+                        f"{', needs ≥ 0.50)' if '(ratio' in verdict else ''}.")
     if len(results) > 1:
         small, big = results[0], results[-1]
         growth = big.spark.peak_rss / small.spark.peak_rss
+        flat = growth < 1.5 and not big.spark.error
         verdicts.append(
-            f"- Memory flat as the input grows (criterion: Spark's peak RSS grows less than 1.5× while the input "
-            f"grows {big.size // small.size}×): **{'met' if growth < 1.5 else 'NOT met'}** — "
-            f"{_mib(small.spark.peak_rss)} at {small.size:,}, {_mib(big.spark.peak_rss)} at {big.size:,} "
-            f"({growth:.2f}×); the baseline: {_mib(small.baseline.peak_rss)} → {_mib(big.baseline.peak_rss)} "
+            f"- Memory flat as the input grows (criterion: Spark finishes and its peak RSS grows less than 1.5× "
+            f"while the input grows {big.size // small.size}×): **{'met' if flat else 'NOT met'}** — "
+            f"{_mib(small.spark.peak_rss)} at {small.size:,} (-Xmx{small.spark.java_heap}), "
+            f"{_mib(big.spark.peak_rss)} at {big.size:,} (-Xmx{big.spark.java_heap}"
+            f"{', then ' + big.spark.error if big.spark.error else ''}) ({growth:.2f}×); the baseline: "
+            f"{_mib(small.baseline.peak_rss)} → {_mib(big.baseline.peak_rss)} "
             f"({big.baseline.peak_rss / small.baseline.peak_rss:.2f}×).")
     counts = []
     for r in results:
-        agree = r.spark_counts == r.baseline_counts
-        c = r.spark_counts
+        done = {name: c for name, c in (("Spark", r.spark_counts), ("baseline", r.baseline_counts))
+                if set(c) == set(_SPARK_COUNTS)}
+        summary = next(iter(done.values()), None)
         counts.append(
             f"- {r.size:,}: dump of {r.dump['users']:,} people over {r.dump['days']} days, "
             f"{r.dump['records']:,} raw records ({r.dump['good_records']:,} good, {r.dump['bad_records']:,} bad, "
             f"{r.dump['duplicates']:,} re-sent), generated in {r.dump.get('generation_s', '?')} s with 2 workers. "
-            f"Spark: {c.get('accepted', 0):,} accepted → {c.get('event_rows_written', 0):,} event rows, "
-            f"{c.get('quarantined', 0):,} quarantined, {c.get('duplicates', 0):,} duplicates; "
-            f"baseline counts {'identical' if agree else 'DIFFERENT: ' + json.dumps(r.baseline_counts)}.")
+            + (f"{' and '.join(done)}: {summary['accepted']:,} accepted → {summary['event_rows_written']:,} "
+               f"event rows, {summary['quarantined']:,} quarantined, {summary['duplicates']:,} duplicates"
+               + ("; identical counts" if len(done) == 2 and r.spark_counts == r.baseline_counts
+                  else "; counts DIFFER: " + json.dumps(done) if len(done) == 2 else "") + "."
+               if summary else "Neither finished."))
     heaps = [f"{r.size:,}: -Xmx{r.spark.java_heap or '?'}" + (f" ({r.note})" if r.note else " (Spark's default)")
              for r in results]
     return "\n".join([
