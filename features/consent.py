@@ -58,7 +58,12 @@ def analytics_events(events: DataFrame) -> DataFrame:
 
 
 def withdrawn_persons(events: DataFrame) -> DataFrame:
-    """person_id of everyone whose latest state withdraws personalization (for suppression)."""
+    """person_id of everyone who once consented to personalization and has withdrawn it (their
+    latest state), for the serving suppression list. People who never consented are left out:
+    nothing personal about them reaches any output, so there is nothing to suppress."""
     checked = with_effective_consent(events)
-    return (checked.where(~F.col("currently_personalization"))
-            .select(_person_key(checked).alias("person_id")).distinct())
+    return (checked.groupBy(_person_key(checked).alias("person_id"))
+            .agg(F.max(F.col("effective_personalization").cast("int")).alias("ever"),
+                 F.first("currently_personalization").alias("now"))
+            .where((F.col("ever") == 1) & ~F.col("now"))
+            .select("person_id"))

@@ -23,14 +23,14 @@ if __package__ in (None, ""):  # run as a file by spark-submit: make the checkou
 
 import json
 import uuid
-from datetime import datetime, timezone
 
 import click
 
 from features.identity import IDENTIFIER_COLUMNS, resolve_identities
-from features.privacy import hmac_sha256_hex, normalize_email, normalize_phone, suppression_token
+from features.privacy import hmac_sha256_hex, normalize_email, normalize_phone
 from jobs.config import TailorConfig
 from jobs.runtime import JobError, JobRun, config_options, execute, report_errors
+from jobs.suppression import FOLDER as SUPPRESSION_FOLDER, write_list
 
 SUBJECT_KEYS = {"user_id", "email", "phone"}
 PERSON_TABLE_ROOTS = ["features", "segments", "recommendations", "profiles"]
@@ -168,18 +168,15 @@ def forget(job: JobRun, subjects: list[dict], request_id: str) -> dict:
     finally:
         job.storage.clear_staging(job.run_id)
 
-    tokens = sorted({suppression_token(row.identifier_type, row.identifier, pii_key)
-                     for row in person_identifiers})
-    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    job.storage.write_text(job.storage.uri("suppression", f"{request_id}.jsonl"), "".join(
-        json.dumps({"token": t, "reason": "forgotten", "request_id": request_id, "at": now}) + "\n"
-        for t in tokens))
+    tokens = write_list(job.storage, request_id, ((row.identifier_type, row.identifier)
+                                                  for row in person_identifiers),
+                        pii_key, "forgotten", request_id=request_id)
     stale = _mark_recommender_stale(config, request_id)
-    job.outputs = tables + [job.storage.uri("suppression")]
-    job.say(f"request {request_id}: {len(person_ids)} person(s), {len(tokens)} identifiers; "
+    job.outputs = tables + [job.storage.uri(SUPPRESSION_FOLDER)]
+    job.say(f"request {request_id}: {len(person_ids)} person(s), {tokens} identifiers; "
             f"rows removed {removed}; unknown subjects {unknown}; recommender {stale}")
     return {"request_id": request_id, "subjects": len(subjects), "unknown_subjects": unknown,
-            "persons": len(person_ids), "identifiers": len(tokens), "rows_removed": removed,
+            "persons": len(person_ids), "identifiers": tokens, "rows_removed": removed,
             "recommender": stale}
 
 

@@ -2,6 +2,9 @@
 
     spark-submit jobs/resolve_identities.py [--conf conf/ENV.yaml] [--set k=v …]
     tailor identities [--conf …] [--set …]
+
+Besides identity/, the job rewrites suppression/consent_withdrawn.jsonl: every identifier of
+each person whose consent to personalization is now withdrawn (see jobs/suppression.py).
 """
 from __future__ import annotations
 
@@ -13,9 +16,13 @@ if __package__ in (None, ""):  # run as a file by spark-submit: make the checkou
 
 import click
 
-from features.identity import IDENTITY_COLUMNS, probabilistic_links, resolve_identities
+from features.consent import withdrawn_persons
+from features.identity import IDENTITY_COLUMNS, probabilistic_links, resolve_identities, with_person_id
 from jobs.config import TailorConfig
 from jobs.runtime import JobRun, config_options, execute, report_errors
+from jobs.suppression import FOLDER as SUPPRESSION_FOLDER, write_list
+
+WITHDRAWN_LIST = "consent_withdrawn"
 
 SIZE_BUCKETS = [(1, "1"), (2, "2"), (5, "3-5"), (10, "6-10"), (100, "11-100")]
 
@@ -78,13 +85,26 @@ def resolve(job: JobRun) -> dict:
                for r in result.refused.orderBy(F.desc("links")).limit(20).collect()]
     counts = {"identifiers": identity.count(), "persons": sizes.count(), "rounds": result.rounds,
               "component_sizes": distribution,
-              "refused_identifiers": result.refused.count()}
+              "refused_identifiers": result.refused.count(),
+              "withdrawn_consent_identifiers": suppress_withdrawn(job, events, identity)}
     job.say(f"{counts['identifiers']} identifiers -> {counts['persons']} persons "
             f"in {counts['rounds']} rounds; component sizes {counts['component_sizes']}")
+    job.say(f"suppression list: {counts['withdrawn_consent_identifiers']} identifiers of persons who withdrew consent")
     if refused:
         job.say(f"refused as too connected (> {job.config.identity.max_links} links): "
                 + ", ".join(refused))
     return counts
+
+
+def suppress_withdrawn(job: JobRun, events, identity) -> int:
+    """Rewrite the suppression list of everyone whose consent is now withdrawn (all of their
+    identifiers), so the service stops personalizing for them without waiting for a rebuild."""
+    withdrawn = withdrawn_persons(with_person_id(events, identity))
+    identifiers = identity.join(withdrawn, "person_id").select("identifier_type", "identifier")
+    job.outputs.append(job.storage.uri(SUPPRESSION_FOLDER, f"{WITHDRAWN_LIST}.jsonl"))
+    return write_list(job.storage, WITHDRAWN_LIST,
+                      ((row.identifier_type, row.identifier) for row in identifiers.toLocalIterator()),
+                      job.config.pii.effective_key(), "consent_withdrawn")
 
 
 @click.command("identities")

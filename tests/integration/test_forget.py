@@ -144,3 +144,36 @@ def test_unknown_subject_is_reported_not_an_error(spark, make_config, tmp_path):
 def test_malformed_subject_file_changes_nothing(lines, message):
     with pytest.raises(JobError, match=message):
         parse_subjects(lines)
+
+
+def test_withdrawn_consent_suppresses_every_identifier_until_consent_returns(spark, make_config, tmp_path):
+    config = make_config(f"storage.root={tmp_path / 'root'}")
+    t = "2024-03-0{}T10:00:00Z"
+    yes, no = {"personalization": True, "analytics": True}, {"personalization": False, "analytics": True}
+    carol = [
+        {"event_id": "c1", "event_type": "view_item", "timestamp": t.format(1), "user_id": "carol",
+         "anonymous_id": "carol-phone", "item_id": "x", "consent": yes},
+        {"event_id": "c2", "event_type": "consent_update", "timestamp": t.format(2),
+         "anonymous_id": "carol-phone", "consent": no},
+    ]
+    dave = [{"event_id": "d1", "event_type": "purchase", "timestamp": t.format(1), "user_id": "dave",
+             "item_id": "y", "price": 2, "consent": yes}]
+    never = [{"event_id": "n1", "event_type": "view_item", "timestamp": t.format(1), "user_id": "nina",
+              "item_id": "y", "consent": no}]
+
+    def run(records, name):
+        execute("ingest_events", config, lambda job: ingest_events.ingest(
+            job, str(write_dump(tmp_path / name, records))), spark=spark)
+        counts = execute("resolve_identities", config, resolve, spark=spark)
+        listed = (tmp_path / "root" / "suppression" / "consent_withdrawn.jsonl").read_text().splitlines()
+        return counts, {json.loads(line)["token"] for line in listed}
+
+    counts, tokens = run(carol + dave + never, "first")
+    assert counts["withdrawn_consent_identifiers"] == 2
+    assert tokens == {suppression_token("user_id", "carol", KEY),
+                      suppression_token("anonymous_id", "carol-phone", KEY)}
+
+    back = [{"event_id": "c3", "event_type": "consent_update", "timestamp": t.format(3),
+             "user_id": "carol", "consent": yes}]
+    counts, tokens = run(back, "second")
+    assert counts["withdrawn_consent_identifiers"] == 0 and tokens == set()

@@ -29,6 +29,8 @@ def test_consent_timeline(spark):
         + history("flags", [("view_item", True), ("view_item", False)], analytics=False)
         # never any update, consenting records throughout
         + history("steady", [("view_item", True), ("purchase", True)])
+        # never consented at all: nothing personal to suppress
+        + history("never", [("view_item", False), ("consent_update", False)])
     )
     events = spark.createDataFrame(rows, SCHEMA)
     kept = sorted(r.event_id for r in personalization_events(events).collect())
