@@ -98,10 +98,19 @@ class SplitConfig(_Strict):
     test_days: float = Field(default=14.0, gt=0)
 
 
+class WeightingChoice(_Strict):
+    weighting: Literal["none", "bm25", "tfidf"] = "none"
+    binarize: bool = False
+
+
 class TuningConfig(_Strict):
     enabled: bool = False
     n_trials: int = Field(default=10, gt=0)
     method: Literal["random", "grid"] = "random"
+    # Models competing in the search (empty: training.model only) and confidence weightings
+    # tried with each (empty: training.weighting / training.binarize only).
+    models: list[str] = []
+    weightings: list[WeightingChoice] = []
     # Search space per model name: {param: [values]} or {param: {uniform|log_uniform: [lo, hi]}}.
     space: dict[str, dict[str, list | dict[str, list[float]]]] = {}
 

@@ -39,8 +39,14 @@ def check_training_config(training: TrainingConfig) -> None:
             make_recommender(name, training.params.get(name, {}))
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"training: {name}: {exc}") from None
-    if training.tuning.enabled and training.model not in training.tuning.space:
-        raise ConfigError(f"training.tuning.space: no search space for model {training.model!r}")
+    if training.tuning.enabled:
+        for name in tuned_models(training):
+            if name not in training.tuning.space:
+                raise ConfigError(f"training.tuning.space: no search space for model {name!r}")
+
+
+def tuned_models(training: TrainingConfig) -> list[str]:
+    return training.tuning.models or [training.model]
 
 
 def read_events(job: JobRun):
@@ -146,13 +152,16 @@ def evaluate(job: JobRun, client, spec: dict, split) -> tuple[dict, dict, object
     training, k = job.config.training, job.config.training.k
     metric, name = f"ndcg_at_{k}", training.registry.model_name
     if training.tuning.enabled:
-        trials, spec = tune_recipe(spec, split, training.tuning.space[spec["model"]],
-                                   training.tuning.n_trials, training.split.seed, k,
-                                   training.tuning.method)
+        tuning = training.tuning
+        trials, spec = tune_recipe(
+            spec, split, {model: tuning.space[model] for model in tuned_models(training)},
+            [choice.model_dump() for choice in tuning.weightings], tuning.n_trials,
+            training.split.seed, k, tuning.method, training.params)
         for number, trial in enumerate(trials):
             tracking.log_trial(number, trial)
-        job.say(f"tuned {spec['model']}: {len(trials)} trials, best validation {metric} "
-                f"{trials[0].metrics[metric]:.4f} with {trials[0].params}")
+        job.say(f"tuned {', '.join(tuned_models(training))}: {len(trials)} trials, best "
+                f"{spec['model']} at validation {metric} {trials[0].metrics[metric]:.4f} with "
+                f"{trials[0].params} {trials[0].weighting or ''}")
     mlflow.log_params(tracking.flat_params("", {
         "recipe": spec, "split": training.split.model_dump(), "k": k,
         "as_of": split.as_of.isoformat(), "tuning": training.tuning.enabled}))

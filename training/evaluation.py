@@ -14,8 +14,8 @@ value (the rating of ``rate`` rows), as the training job collects it from Spark.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -113,12 +113,25 @@ def fit_and_score(spec: Mapping, split: Split, k: int) -> tuple[dict, float]:
     return score(fitted, split.relevant, k), seconds
 
 
-def tune_recipe(spec: Mapping, split: Split, space: Mapping, n_trials: int, seed: int, k: int,
-                method: str = "random") -> tuple[list[Trial], dict]:
-    """Search the recipe's model parameters on a validation split carved from the training side
-    only; returns the trials (best first) and the recipe with the best trial's parameters."""
-    matrix = confidence_matrix(split.train, spec, split.as_of, split.person_ids,
-                               split.item_ids).matrix
-    trials = tune(matrix, spec["model"], space, n_trials, seed, k, method,
-                  fixed_params=spec["params"])
-    return trials, {**spec, "params": trials[0].params}
+def tune_recipe(spec: Mapping, split: Split, spaces: Mapping[str, Mapping],
+                weightings: Sequence[Mapping], n_trials: int, seed: int, k: int,
+                method: str = "random",
+                params_by_model: Mapping[str, Mapping] | None = None) -> tuple[list[Trial], dict]:
+    """Search models (``spaces``: model -> parameter space), their parameters and the
+    confidence weighting (each of ``weightings`` overrides the recipe's ``weighting`` /
+    ``binarize``; empty: the recipe's own) on a validation split carved from the training side
+    only. ``params_by_model`` are fixed per model (e.g. random_state). Every trial shares one
+    validation split, so models and weightings compete on equal terms. Returns the trials (best
+    first) and the recipe of the best."""
+    trials = []
+    for overrides in weightings or [{}]:
+        candidate = {**spec, **overrides}
+        matrix = confidence_matrix(split.train, candidate, split.as_of, split.person_ids,
+                                   split.item_ids).matrix
+        for model, space in spaces.items():
+            found = tune(matrix, model, space, n_trials, seed, k, method,
+                         fixed_params=(params_by_model or {}).get(model))
+            trials += [replace(trial, weighting=dict(overrides)) for trial in found]
+    trials.sort(key=lambda trial: -trial.metrics[f"ndcg_at_{k}"])
+    best = trials[0]
+    return trials, {**spec, **best.weighting, "model": best.model, "params": best.params}

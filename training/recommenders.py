@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 import implicit.als
 import implicit.bpr
@@ -360,12 +361,20 @@ class EASERecommender(Recommender):
         return self.weights[history, item_index] * confidence
 
 
-RECOMMENDERS: dict[str, type[Recommender]] = {
+def _spark_als(**params) -> Recommender:
+    """Imported on use: pyspark is heavy and only the Spark path needs it."""
+    from training.spark_als import SparkALSRecommender
+
+    return SparkALSRecommender(**params)
+
+
+RECOMMENDERS: dict[str, Callable[..., Recommender]] = {
     "popularity": PopularityRecommender,
     "als": ImplicitALSRecommender,
     "bpr": BPRRecommender,
     "item_item": ItemItemRecommender,
     "ease": EASERecommender,
+    "spark_als": _spark_als,
 }
 
 

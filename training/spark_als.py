@@ -8,13 +8,19 @@ can drive either, but the numbers do not mean the same thing, so tune each separ
   (ALS-WR), implicit applies it as given.
 
 On one machine implicit is much faster (see DESIGN.md); this path is for scale-out.
+``SparkALSRecommender`` puts it behind the common Recommender interface (``model: spark_als``).
 """
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
 from pyspark.ml.recommendation import ALS, ALSModel
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
+
+from training.recommenders import _FactorRecommender
 
 
 def fit_spark_als(
@@ -72,3 +78,46 @@ def recommend_spark_als(
     unseen = scored.join(liked, [user_col, item_col], "left_anti")
     by_score = Window.partitionBy(user_col).orderBy(F.col("score").desc(), F.col(item_col))
     return unseen.withColumn("rank", F.row_number().over(by_score)).where(F.col("rank") <= k)
+
+
+class SparkALSRecommender(_FactorRecommender):
+    """MLlib ALS behind the same Recommender interface as implicit's, so the training job,
+    evaluation, registry and service treat ``model: spark_als`` like any other model.
+
+    The fit runs on the active Spark session (the job's: local or a cluster); the learned
+    factors are then held as numpy arrays, like implicit's, for scoring and pickling. A person
+    or item MLlib returns no factors for (no positive confidence) gets zeros.
+    """
+
+    def __init__(self, factors: int = 10, regularization: float = 0.1, alpha: float = 1.0,
+                 iterations: int = 10, random_state: int | None = None):
+        self.factors = factors
+        self.regularization = regularization
+        self.alpha = alpha
+        self.iterations = iterations
+        self.random_state = random_state
+
+    def _fit(self, user_items: sp.csr_matrix) -> None:
+        spark = SparkSession.getActiveSession()
+        if spark is None:
+            raise RuntimeError("spark_als needs an active Spark session (the training job's)")
+        coo = user_items.tocoo()
+        rows = pd.DataFrame({"user_idx": coo.row.astype("int32"), "item_idx": coo.col.astype("int32"),
+                             "confidence": coo.data.astype("float32")})
+        model = fit_spark_als(spark.createDataFrame(rows), self.factors, self.regularization,
+                              self.alpha, self.iterations,
+                              seed=self.random_state if self.random_state is not None else 42)
+        self.user_factors = _dense_factors(model.userFactors, user_items.shape[0], self.factors)
+        self.item_factors = _dense_factors(model.itemFactors, user_items.shape[1], self.factors)
+
+    def _contributions(self, user_row, history, confidence, item_index):
+        # MLlib has no exact explain: weight each history item by its factor similarity
+        return (self.item_factors[history] @ self.item_factors[item_index]) * confidence
+
+
+def _dense_factors(factors: DataFrame, n: int, rank: int) -> np.ndarray:
+    table = factors.toPandas()
+    dense = np.zeros((n, rank), dtype=np.float32)
+    if len(table):
+        dense[table["id"].to_numpy()] = np.stack(table["features"].to_numpy())
+    return dense

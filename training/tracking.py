@@ -76,7 +76,7 @@ def log_trial(number: int, trial: Trial) -> None:
     """One tuning trial as a nested run: its parameters, validation metrics and fit time."""
     with mlflow.start_run(run_name=f"trial-{number:03d}", nested=True):
         mlflow.set_tag("role", "tuning_trial")
-        mlflow.log_params(flat_params("", {"model": trial.model, **trial.params}))
+        mlflow.log_params(flat_params("", {"model": trial.model, **trial.weighting, **trial.params}))
         mlflow.log_metrics({f"validation_{name}": value for name, value in trial.metrics.items()})
         mlflow.log_metric("fit_seconds", trial.fit_seconds)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -31,6 +31,7 @@ class Trial:
     params: dict
     metrics: dict  # validation metrics, keys as in training.metrics.evaluate
     fit_seconds: float
+    weighting: dict = field(default_factory=dict)  # recipe overrides tried (weighting, binarize)
 
 
 def validation_split(

@@ -79,11 +79,14 @@ class RecommenderContract:
         assert np.all(np.isneginf(scores[items == PAD]))
 
     def test_batch_equals_single_user(self, model, data):
-        items, scores = model.recommend(np.arange(N), data, k=5)
+        items, scores = model.recommend(np.arange(N), data, k=6)  # one beyond k, to see ties
         for user in range(0, N, 7):
             one_items, one_scores = model.recommend(user, data, k=5)
-            np.testing.assert_array_equal(one_items[0], items[user])
-            np.testing.assert_allclose(one_scores[0], scores[user], rtol=1e-5)
+            # items whose scores tie within float32 noise (gemv vs gemm) may swap places
+            close = np.isclose(np.diff(scores[user]), 0, atol=1e-6)
+            tied = np.r_[False, close] | np.r_[close, False]
+            np.testing.assert_array_equal(one_items[0][~tied[:5]], items[user][:5][~tied[:5]])
+            np.testing.assert_allclose(one_scores[0], scores[user][:5], rtol=1e-5, atol=1e-6)
 
     def test_memory_batches_do_not_change_results(self, model, data, monkeypatch):
         whole = model.recommend(np.arange(N), data, k=5), model.similar_items(np.arange(N), k=5)
@@ -91,7 +94,7 @@ class RecommenderContract:
         batched = model.recommend(np.arange(N), data, k=5), model.similar_items(np.arange(N), k=5)
         for expected, got in zip(whole, batched):
             np.testing.assert_array_equal(got[0], expected[0])
-            np.testing.assert_allclose(got[1], expected[1], rtol=1e-5)
+            np.testing.assert_allclose(got[1], expected[1], rtol=1e-5, atol=1e-6)
 
     def test_similar_items_exclude_the_item_itself(self, model):
         items, scores = model.similar_items(np.arange(N), k=5)
@@ -163,12 +166,15 @@ class TestEASE(RecommenderContract):
 
 
 def test_every_registered_model_has_a_contract_test():
+    from tests.spark.test_spark_als import TestSparkALS  # needs a Spark session to run
+
     tested = {
         "popularity": TestPopularity,
         "als": TestImplicitALS,
         "bpr": TestBPR,
         "item_item": TestItemItemCosine,
         "ease": TestEASE,
+        "spark_als": TestSparkALS,
     }
     assert set(tested) == set(RECOMMENDERS)
 
