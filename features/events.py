@@ -271,7 +271,8 @@ def to_canonical(records: DataFrame, params: IngestParams) -> DataFrame:
     """Explode items to one row per item and produce the canonical columns plus `event_date`.
 
     Rows exploded from an item array are keyed `<event_id>:<index>`; a flat record keeps its id.
-    `_record_id` (the raw record's event_id) is kept for counting and dropped before writing.
+    `_record_id` (the raw record's event_id) and `_first_of_record` (true on one row per record,
+    so records can be counted without a distinct) are kept for counting and dropped before writing.
     """
     exploded = records.select("*", F.posexplode_outer("_items").alias("_index", "_item"))
     item = F.col("_item")
@@ -309,4 +310,5 @@ def to_canonical(records: DataFrame, params: IngestParams) -> DataFrame:
         _merge_maps(F.col("properties"), coupon).alias("properties"),
         F.to_date("event_time").alias("event_date"),
         F.col("event_id").alias("_record_id"),
+        (F.coalesce(F.col("_index"), F.lit(0)) == 0).alias("_first_of_record"),
     )

@@ -80,6 +80,7 @@ def _existing(job: JobRun, uri: str, column: str):
 def ingest(job: JobRun, input_uri: str, now: datetime | None = None) -> dict:
     """The job body: read, check, quarantine, de-duplicate, merge into events/."""
     from pyspark import StorageLevel
+    from pyspark.sql import Observation
     from pyspark.sql import functions as F
 
     now = now or datetime.now(timezone.utc)
@@ -110,20 +111,17 @@ def ingest(job: JobRun, input_uri: str, now: datetime | None = None) -> dict:
          .withColumn("quarantined_at", F.lit(now).cast("timestamp"))
          .write.mode("append").parquet(quarantine_uri))
 
-        records = dedupe_records(checked)
-        rows = to_canonical(records, params)
+        # Counted while the write runs (Observation), not by extra passes over the data.
+        in_dump, written = Observation("in_dump"), Observation("written")
+        record_count = F.count_if("_first_of_record").alias("records")
+        rows = to_canonical(dedupe_records(checked), params).observe(in_dump, record_count)
         known_events = _existing(job, events_uri, "event_id")
         if known_events is not None:
             rows = rows.join(known_events, "event_id", "left_anti")
-        rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
-        try:
-            totals = rows.agg(F.count("*").alias("rows"),
-                              F.countDistinct("_record_id").alias("records")).first()
-            distinct_records = records.count()
-            (rows.select(*CANONICAL_COLUMNS, "event_date")
-             .write.mode("append").partitionBy("event_date").parquet(events_uri))
-        finally:
-            rows.unpersist()
+        rows = rows.observe(written, F.count("*").alias("rows"), record_count)
+        (rows.select(*CANONICAL_COLUMNS, "event_date")
+         .write.mode("append").partitionBy("event_date").parquet(events_uri))
+        totals, distinct_records = written.get, in_dump.get["records"]
     finally:
         checked.unpersist()
 

@@ -128,3 +128,24 @@ def test_time_split_tests_on_each_persons_latest_days_and_decays_from_as_of():
     fitted = fit(spec, split.train, as_of, split.person_ids, split.item_ids)[0]
     confidence = fitted.interactions.matrix.toarray()
     assert 0 < confidence.max() < 0.5 ** 18  # 19-20 days old at a one-day half-life
+
+
+def test_tuning_searches_models_and_weightings_on_one_validation_split():
+    """Popularity can't tell the two tastes apart; item-item can, so it must win the search,
+    and the winning recipe carries the weighting it was validated with."""
+    from training.evaluation import tune_recipe
+
+    table = pd.concat([two_tastes(n_people=40, n_items=12),
+                       events([(f"p{p:02d}", "i00", "rate", 4.0) for p in range(0, 40, 4)])])
+    split = split_events(table, WEIGHTS, AS_OF, "per_user", 0.75, 7)
+    spec = recipe("popularity", {}, WEIGHTS)
+    trials, best = tune_recipe(
+        spec, split, {"popularity": {}, "item_item": {"K": [5, 50]}},
+        [{"weighting": "none", "binarize": False}, {"weighting": "none", "binarize": True}],
+        n_trials=1, seed=7, k=3, method="grid")
+    assert len(trials) == 2 * (1 + 2)
+    assert [t.metrics["ndcg_at_3"] for t in trials] == sorted((t.metrics["ndcg_at_3"] for t in trials),
+                                                              reverse=True)
+    assert best["model"] == "item_item" and best["params"] == trials[0].params
+    assert best["binarize"] == trials[0].weighting["binarize"]
+    assert {t.model for t in trials[-2:]} == {"popularity"}
