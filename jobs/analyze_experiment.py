@@ -213,7 +213,19 @@ def _json_safe(value):
     return value
 
 
-def analyze(job: JobRun, experiment_id: str) -> dict:
+def find_experiment(config: TailorConfig, experiment_id: str) -> Experiment:
+    """The definition to analyze, checked before Spark starts."""
+    from serving.experiments import ExperimentDefinitionError
+
+    try:
+        return load_book(config).get(experiment_id)
+    except KeyError as exc:
+        raise JobError(str(exc.args[0])) from None
+    except ExperimentDefinitionError as exc:
+        raise JobError(str(exc)) from None
+
+
+def analyze(job: JobRun, experiment: Experiment) -> dict:
     """The job body: counts in Spark, statistics in memory, one MLflow run, the report files."""
     from pyspark.sql import functions as F
 
@@ -221,15 +233,7 @@ def analyze(job: JobRun, experiment_id: str) -> dict:
     from features.experiments import person_outcomes, variant_counts
     from jobs.inputs import resolved_events
 
-    from serving.experiments import ExperimentDefinitionError
-
     settings = job.config.experiments
-    try:
-        experiment = load_book(job.config).get(experiment_id)
-    except KeyError as exc:
-        raise JobError(str(exc.args[0])) from None
-    except ExperimentDefinitionError as exc:
-        raise JobError(str(exc)) from None
     events = resolved_events(job)
     if events is None:
         job.say("no events yet: nothing to analyze")
@@ -239,8 +243,12 @@ def analyze(job: JobRun, experiment_id: str) -> dict:
                                experiment.conversion_event,
                                experiment.window_hours(settings.conversion_window_hours),
                                observed_until)
-    rows = [row.asDict() for row in variant_counts(outcomes).collect()]
-    several = outcomes.where(F.col("variants_seen") > 1).count()
+    outcomes.persist()  # read twice: the counts and the people in several variants
+    try:
+        rows = [row.asDict() for row in variant_counts(outcomes).collect()]
+        several = outcomes.where(F.col("variants_seen") > 1).count()
+    finally:
+        outcomes.unpersist()
     if not rows and not several:
         job.say(f"no exposures to {experiment.id} yet: nothing to analyze")
         return {"analyzed": False, "reason": "no exposures yet"}
@@ -282,7 +290,8 @@ def main() -> None:
 @config_options
 def analyze_command(config: TailorConfig, experiment_id: str) -> None:
     """Per-variant rates, lifts, tests, P(beat control), SRM and factorial effects."""
-    execute("analyze_experiment", config, lambda job: analyze(job, experiment_id))
+    experiment = find_experiment(config, experiment_id)
+    execute("analyze_experiment", config, lambda job: analyze(job, experiment))
 
 
 @main.command("check")
