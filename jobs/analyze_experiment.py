@@ -26,22 +26,9 @@ from datetime import datetime, timezone
 
 import click
 
-from jobs.config import REPO_ROOT, TailorConfig
+from jobs.config import TailorConfig
 from jobs.runtime import JobError, JobRun, config_options, execute, report_errors
-from serving.experiments import Experiment, ExperimentBook, load_experiments
-
-
-def experiments_file(config: TailorConfig) -> Path:
-    path = Path(config.experiments.file)
-    return path if path.is_absolute() else REPO_ROOT / path
-
-
-def load_book(config: TailorConfig, path: Path | None = None) -> ExperimentBook:
-    """The definitions, checked against the known segments and the configured event types."""
-    from serving.experiments import discover_segment_names
-
-    return load_experiments(path or experiments_file(config), discover_segment_names(config),
-                            config.ingest.event_types)
+from serving.experiments import Experiment, load_configured
 
 
 def metric_key(name: str) -> str:
@@ -218,7 +205,7 @@ def find_experiment(config: TailorConfig, experiment_id: str) -> Experiment:
     from serving.experiments import ExperimentDefinitionError
 
     try:
-        return load_book(config).get(experiment_id)
+        return load_configured(config).get(experiment_id)
     except KeyError as exc:
         raise JobError(str(exc.args[0])) from None
     except ExperimentDefinitionError as exc:
@@ -303,7 +290,7 @@ def check_command(config: TailorConfig, file: str | None) -> None:
     from serving.experiments import ExperimentDefinitionError
 
     try:
-        book = load_book(config, Path(file) if file else None)
+        book = load_configured(config, Path(file) if file else None)
     except ExperimentDefinitionError as exc:
         for problem in exc.problems:
             click.echo(f"error: {problem}", err=True)

@@ -354,6 +354,18 @@ def known_segment_names(rfm_segments: Iterable[str], rule_ids: Iterable[str],
     return frozenset(rfm_segments) | frozenset(rule_ids) | frozenset(p for p in personas if p)
 
 
+def load_configured(config, path: Path | None = None) -> ExperimentBook:
+    """The shell's entry: `experiments.file` (or `path`), checked against the known segment
+    names and the configured event types. The service loads it once at startup and refuses
+    to start on ExperimentDefinitionError."""
+    from jobs.config import REPO_ROOT
+
+    if path is None:
+        path = Path(config.experiments.file)
+        path = path if path.is_absolute() else REPO_ROOT / path
+    return load_experiments(path, discover_segment_names(config), config.ingest.event_types)
+
+
 def discover_segment_names(config, conf_dir: Path | None = None) -> frozenset[str]:
     """The shell's known names: RFM segments, rule-segment ids and personas in segments/."""
     from features.rfm import SEGMENTS

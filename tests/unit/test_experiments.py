@@ -304,3 +304,30 @@ def test_a_failed_write_keeps_the_batch_and_close_raises(tmp_path):
     sink.fail = False
     writer.flush(raise_errors=True)
     assert [len(b) for b in read_batches(tmp_path)] == [2]
+
+
+def test_known_names_come_from_rfm_rule_ids_and_personas_in_segments(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from jobs.config import load_config
+    from serving.experiments import discover_segment_names, load_configured
+
+    root = tmp_path / "storage"
+    (root / "segments" / "rules").mkdir(parents=True)
+    pq.write_table(pa.table({"person_id": ["a", "b", "c"], "persona": ["Deal Seekers", "Trendsetters", None]}),
+                   root / "segments" / "part-0.parquet")
+    pq.write_table(pa.table({"person_id": ["a"], "rule_segment": ["not a persona"]}),
+                   root / "segments" / "rules" / "part-0.parquet")
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "segments.yaml").write_text("rules:\n  - id: cart_abandoners\n")
+    config = load_config(REPO / "conf" / "test.yaml", [f"storage.root={root}"],
+                         environ={"TAILOR_TEST_ROOT": str(tmp_path)})
+    names = discover_segment_names(config, conf)
+    assert {"Champions", "Lost", "cart_abandoners", "Deal Seekers", "Trendsetters"} <= names
+    assert "not a persona" not in names and None not in names
+    # Without segments/ (before segmentation has run) the RFM names still load the shipped file.
+    bare = load_config(REPO / "conf" / "test.yaml", [f"storage.root={tmp_path}/empty"],
+                       environ={"TAILOR_TEST_ROOT": str(tmp_path)})
+    assert len(load_configured(bare).experiments) == 2
