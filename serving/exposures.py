@@ -9,6 +9,7 @@ object-store write per request would be slow and costly.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -54,10 +55,12 @@ class RootSink:
     def __init__(self, fs: pafs.FileSystem, base: str):
         self.fs, self.base = fs, base.rstrip("/")
         self.prefix = f"{socket.gethostname()}-{os.getpid()}"
+        self.sequence = itertools.count()  # files of one writer sort in write order
 
     def write(self, records: list[dict], now: datetime) -> str:
         folder = f"{self.base}/{EXPOSURES_FOLDER}/date={now:%Y-%m-%d}"
-        name = f"exposures-{now:%H%M%S}-{self.prefix}-{uuid.uuid4().hex[:8]}.jsonl"
+        name = (f"exposures-{now:%H%M%S}-{self.prefix}-{next(self.sequence):06d}-"
+                f"{uuid.uuid4().hex[:8]}.jsonl")
         self.fs.create_dir(folder, recursive=True)
         text = "".join(json.dumps(record, sort_keys=True) + "\n" for record in records)
         temporary = f"{folder}/.{name}.tmp"
@@ -69,8 +72,10 @@ class RootSink:
 
 class ExposureWriter:
     """Thread-safe buffer of exposure records, written in batches of `batch_size` or when the
-    oldest is `max_age_seconds` old; `close()` flushes. A failed write keeps the batch for the
-    next attempt (logged), except at close, where the error is raised."""
+    oldest is `max_age_seconds` old; `close()` flushes. With the background thread (the
+    default) `record()` never does I/O itself, so a slow store does not slow requests down. A
+    failed write keeps the batch for the next attempt (logged), except at close, where the
+    error is raised."""
 
     def __init__(self, sink: RootSink, batch_size: int = 500, max_age_seconds: float = 60.0,
                  clock: Callable[[], float] = time.time, background: bool = True):
@@ -81,11 +86,13 @@ class ExposureWriter:
         self.written: list[str] = []
         self._buffer: list[dict] = []
         self._oldest: float | None = None
-        self._lock = threading.Lock()
-        self._closed = threading.Event()
+        self._lock = threading.Lock()  # the buffer
+        self._writing = threading.Lock()  # one flush at a time, so batches keep their order
+        self._wake = threading.Event()
+        self._closed = False
         self._thread = None
         if background:
-            self._thread = threading.Thread(target=self._tick, name="exposure-writer", daemon=True)
+            self._thread = threading.Thread(target=self._run, name="exposure-writer", daemon=True)
             self._thread.start()
 
     @classmethod
@@ -103,7 +110,7 @@ class ExposureWriter:
         """Buffer the exposure of an enrolled assignment; False (nothing recorded) otherwise."""
         if not assignment.enrolled:
             return False
-        if self._closed.is_set():
+        if self._closed:
             raise RuntimeError("exposure writer is closed")
         at = at or datetime.fromtimestamp(self.clock(), timezone.utc)
         record = exposure_record(assignment, user_id=user_id, person_id=person_id, at=at,
@@ -111,46 +118,58 @@ class ExposureWriter:
         with self._lock:
             self._buffer.append(record)
             self._oldest = self._oldest if self._oldest is not None else self.clock()
-            due = len(self._buffer) >= self.batch_size
-        if due:
-            self.flush()
+            full = len(self._buffer) >= self.batch_size
+        if full:
+            self._wake.set() if self._thread else self.flush()
         return True
 
     def pending(self) -> int:
         with self._lock:
             return len(self._buffer)
 
-    def flush_if_old(self) -> None:
+    def _due(self) -> bool:
         with self._lock:
-            due = self._oldest is not None and self.clock() - self._oldest >= self.max_age
-        if due:
+            return len(self._buffer) >= self.batch_size or (
+                self._oldest is not None and self.clock() - self._oldest >= self.max_age)
+
+    def flush_if_due(self) -> None:
+        """Flush when a batch is full or its oldest record has reached the age limit."""
+        if self._due():
             self.flush()
 
     def flush(self, raise_errors: bool = False) -> None:
         """Write everything buffered, in files of at most `batch_size` records."""
-        with self._lock:
-            while self._buffer:
-                batch = self._buffer[:self.batch_size]
+        with self._writing:
+            with self._lock:
+                pending, self._buffer, oldest, self._oldest = self._buffer, [], self._oldest, None
+            while pending:
+                batch = pending[:self.batch_size]
                 try:
                     path = self.sink.write(batch, datetime.fromtimestamp(self.clock(), timezone.utc))
                 except Exception:
+                    with self._lock:  # back in front of anything recorded meanwhile
+                        self._buffer[:0] = pending
+                        self._oldest = oldest
                     if raise_errors:
                         raise
-                    log.exception("writing %d exposures failed; kept for the next flush", len(batch))
+                    log.exception("writing %d exposures failed; kept for the next flush", len(pending))
                     return
-                del self._buffer[:len(batch)]
+                del pending[:len(batch)]
                 self.written.append(path)
-            self._oldest = None
 
-    def _tick(self) -> None:
+    def _run(self) -> None:
         interval = min(self.max_age / 4, 5.0)
-        while not self._closed.wait(interval):
-            self.flush_if_old()
+        while not self._closed:
+            self._wake.wait(interval)
+            self._wake.clear()
+            if not self._closed:
+                self.flush_if_due()
 
     def close(self) -> None:
-        """Stop the age check and write what is left (raising if that fails)."""
-        self._closed.set()
+        """Stop the background thread and write what is left (raising if that fails)."""
+        self._closed = True
         if self._thread is not None:
+            self._wake.set()
             self._thread.join()
         self.flush(raise_errors=True)
 

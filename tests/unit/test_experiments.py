@@ -247,10 +247,10 @@ def test_exposure_writer_batches_by_size_and_by_age_and_flushes_on_close(tmp_pat
                                         "outside_traffic"), person_id="px")
     assert [len(batch) for batch in read_batches(tmp_path)] == [3, 3] and writer.pending() == 1
     clock.now += 59
-    writer.flush_if_old()
+    writer.flush_if_due()
     assert writer.pending() == 1
     clock.now += 1
-    writer.flush_if_old()
+    writer.flush_if_due()
     assert writer.pending() == 0 and len(read_batches(tmp_path)) == 3
     writer.record(enrolled("new"), person_id="p9", user_id="u9",
                   at=datetime(2026, 12, 1, 8, 30, tzinfo=timezone.utc), anonymous_id="a9")
@@ -270,19 +270,29 @@ def test_exposure_writer_batches_by_size_and_by_age_and_flushes_on_close(tmp_pat
         writer.record(enrolled(), person_id="late")
 
 
-def test_exposure_writer_background_thread_flushes_old_batches(tmp_path):
+def test_exposure_writer_background_thread_writes_full_and_old_batches(tmp_path):
     import time
 
-    writer = ExposureWriter(RootSink(pafs.LocalFileSystem(), str(tmp_path)), batch_size=100,
-                            max_age_seconds=0.2)
-    try:
-        writer.record(enrolled(), person_id="p1", user_id="u1")
-        deadline = time.monotonic() + 5
+    def settled(writer):
+        deadline = time.monotonic() + 10  # well below the 30 s age limit of the first writer
         while writer.pending() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert writer.pending() == 0 and [len(b) for b in read_batches(tmp_path)] == [1]
+            time.sleep(0.02)
+        return writer.pending() == 0
+
+    by_size = ExposureWriter(RootSink(pafs.LocalFileSystem(), str(tmp_path / "size")),
+                             batch_size=2, max_age_seconds=30)
+    by_age = ExposureWriter(RootSink(pafs.LocalFileSystem(), str(tmp_path / "age")),
+                            batch_size=100, max_age_seconds=0.3)
+    try:
+        for i in range(2):
+            by_size.record(enrolled(), person_id=f"p{i}", user_id=f"u{i}")
+        by_age.record(enrolled(), person_id="p9", user_id="u9")
+        assert settled(by_size) and settled(by_age)
+        assert [len(b) for b in read_batches(tmp_path / "size")] == [2]
+        assert [len(b) for b in read_batches(tmp_path / "age")] == [1]
     finally:
-        writer.close()
+        by_size.close()
+        by_age.close()
 
 
 def test_a_failed_write_keeps_the_batch_and_close_raises(tmp_path):
