@@ -12,10 +12,6 @@ from __future__ import annotations
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-OUTCOME_COLUMNS = ["person_id", "variant", "exposed_at", "variants_seen", "converted",
-                   "conversions", "window_open"]
-
-
 def first_exposures(events: DataFrame, experiment_id: str) -> DataFrame:
     """(person_id, variant, exposed_at, variants_seen): one row per exposed person."""
     exposures = events.where((F.col("event_type") == "exposure")

@@ -5,7 +5,6 @@ import json
 import math
 import os
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
