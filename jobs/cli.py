@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from jobs import (apply_retention, build_features, forget_users, ingest_events, promote,
-                  resolve_identities, train_recommender)
+from jobs import (analyze_experiment, apply_retention, build_features, forget_users,
+                  ingest_events, promote, resolve_identities, train_recommender)
 from jobs.config import REPO_ROOT, TailorConfig
 from jobs.runtime import JobError, config_options, execute, report_errors
 from jobs.storage import resolve_uri, upload_folder
@@ -28,6 +28,7 @@ main.add_command(forget_users.main, "forget")
 main.add_command(build_features.main, "features")
 main.add_command(train_recommender.main, "train")
 main.add_command(promote.main, "promote")
+main.add_command(analyze_experiment.main, "experiments")
 
 
 def _write_local_or_upload(config: TailorConfig, output: str, write) -> dict:

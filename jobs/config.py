@@ -166,6 +166,18 @@ class RetentionConfig(_Strict):
     days: int | None = Field(default=None, gt=0)
 
 
+class ExperimentsConfig(_Strict):
+    file: str = "conf/experiments.yaml"  # relative to the checkout
+    conversion_window_hours: float = Field(default=168.0, gt=0)
+    confidence: float = Field(default=0.95, gt=0, lt=1)
+    alpha: float = Field(default=0.05, gt=0, lt=1)
+    srm_alpha: float = Field(default=0.001, gt=0, lt=1)
+    bayes_draws: int = Field(default=100_000, gt=0)
+    seed: int = 42
+    exposure_batch_size: int = Field(default=500, gt=0)
+    exposure_max_age_seconds: float = Field(default=60.0, gt=0)
+
+
 class TailorConfig(_Strict):
     storage: StorageConfig
     features: FeaturesConfig = FeaturesConfig()
@@ -178,6 +190,7 @@ class TailorConfig(_Strict):
     identity: IdentityConfig = IdentityConfig()
     retention: RetentionConfig = RetentionConfig()
     training: TrainingConfig = TrainingConfig()
+    experiments: ExperimentsConfig = ExperimentsConfig()
 
     def digest(self) -> str:
         """A short hash of the effective settings (secrets excluded), for the audit log."""
