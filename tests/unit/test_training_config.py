@@ -20,8 +20,14 @@ def test_unknown_models_and_parameters_are_refused(override, message):
         check_training_config(config.training)
 
 
-def test_tuning_needs_a_space_for_the_model():
-    config = load_config(None, ["training.model=popularity", "training.tuning.enabled=true"],
+def test_tuning_needs_a_space_for_every_tuned_model():
+    config = load_config(None, ["training.tuning.models=[als, popularity]", "training.tuning.enabled=true"],
                          environ={})
+    with pytest.raises(ConfigError, match="no search space for model 'popularity'"):
+        check_training_config(config.training)
+
+
+def test_without_tuned_models_the_configured_model_is_tuned():
+    config = load_config(None, ["training.model=popularity", "training.tuning.models=[]"], environ={})
     with pytest.raises(ConfigError, match="no search space for model 'popularity'"):
         check_training_config(config.training)
