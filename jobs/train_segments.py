@@ -9,8 +9,8 @@ memory (training.clustering) — or, from `segmentation.spark_min_people` people
 BisectingKMeans with k chosen on a sample. Each method is a nested MLflow run (silhouette,
 Davies–Bouldin, sizes, profile table, projection and heatmap plots); the chosen one — the best
 silhouette among those with at least two segments and at most `max_noise_share` noise — is
-registered as `segmentation.model_name` and becomes `champion` (the previous champion is
-recorded for `tailor promote --rollback`-style moves through training.registry).
+registered as `segmentation.model_name` and becomes `champion` (training.registry records the
+version it replaced in the tag `previous_champion`, as for the recommender).
 
 Rule segments (conf/segments.yaml, features.rule_segments) are evaluated over the consented
 events, features and profiles. segments/ (person_id, user_id, segment, persona, model_version)

@@ -18,6 +18,7 @@ from pyspark.sql import functions as F
 from training.clustering import CentroidSegmenter, Segmenter, Standardizer, finish_standardizer
 
 EMBEDDING_PREFIX = "emb_"
+_SHIFT = 10.0
 _REQUIREMENTS = ("mlflow", "scikit-learn", "numpy", "scipy", "pandas", "cloudpickle")
 
 
@@ -75,10 +76,13 @@ def bisecting_kmeans(frame: DataFrame, standardizer: Standardizer, k: int, seed:
     from pyspark.ml.functions import array_to_vector
 
     z = frame.select("person_id", "user_id", *z_columns(standardizer))
-    vectors = z.withColumn("features", array_to_vector(F.array(*standardizer.columns)))
+    # Spark splits a cluster at its centre ± noise scaled by the centre's norm: on centred data
+    # the root's centre is 0 and it would never split. A constant shift leaves distances alone.
+    shifted = F.array(*[F.col(c) + _SHIFT for c in standardizer.columns])
+    vectors = z.withColumn("features", array_to_vector(shifted))
     model = BisectingKMeans(k=k, seed=seed, featuresCol="features", predictionCol="cluster").fit(vectors)
     predicted = model.transform(vectors).drop("features")
-    centres = np.array([np.asarray(c) for c in model.clusterCenters()])
+    centres = np.array([np.asarray(c) for c in model.clusterCenters()]) - _SHIFT
     sizes = dict(predicted.groupBy("cluster").count().collect())
     order = sorted(sizes, key=lambda c: (-sizes[c], tuple(np.round(centres[c], 9))))
     renumber = F.create_map(*[F.lit(part) for new, old in enumerate(order) for part in (old, new)])
