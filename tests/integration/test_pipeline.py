@@ -21,7 +21,7 @@ def test_pipeline_on_a_small_generated_sample(tmp_path):
     assert any(root.joinpath("events").rglob("*.parquet"))
     runs = [json.loads(p.read_text()) for p in root.joinpath("audit").rglob("*.jsonl")]
     assert {r["job"] for r in runs} == {
-        "ingest_events", "apply_retention", "resolve_identities", "build_features",
+        "ingest_events", "apply_retention", "resolve_identities", "build_features", "train_segments",
         "train_recommender"} and all(r["status"] == "succeeded" for r in runs)
 
     assert PII_KEY not in result.stdout + result.stderr
