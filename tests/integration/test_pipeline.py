@@ -13,7 +13,8 @@ def test_pipeline_on_a_small_generated_sample(tmp_path):
     # the environment's tracking URI wins over config, and earlier tests may have set one
     result = tailor("pipeline", "--set", f"storage.root={root}", "--set", "sample.users=30",
                     "--set", "sample.days=7",
-                    env={"TAILOR_PII_KEY": PII_KEY, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"})
+                    env={"TAILOR_PII_KEY": PII_KEY, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"},
+                    timeout=1200)  # six stages, on a shared 2-core machine
     assert result.returncode == 0, result.stderr[-3000:]
     assert "== ingest_events" in result.stdout
     assert f"Outputs under file://{root}" in result.stdout
