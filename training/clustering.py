@@ -323,7 +323,7 @@ def projection_figure(X: np.ndarray, labels: np.ndarray, names: dict, sample: in
     from sklearn.decomposition import PCA
 
     rows = sample_rows(len(X), sample, seed)
-    points = (PCA(2, random_state=seed).fit_transform(X[rows]) if X.shape[1] >= 2
+    points = (PCA(2, random_state=seed).fit_transform(X[rows]) if min(X.shape[1], len(rows)) >= 2
               else np.column_stack([X[rows, 0], np.zeros(len(rows))]))
     figure, axes = plt.subplots(figsize=(7, 5))
     for segment in sorted(set(labels[rows])):
