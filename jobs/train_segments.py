@@ -125,10 +125,10 @@ def read_tables(job: JobRun) -> dict:
 
 def feature_columns(frame_columns: list[str], settings) -> tuple[list[str], dict]:
     """The clustering columns present in the table, and the embedding block's weights."""
-    columns = [c for c in dict.fromkeys([*settings.features, *settings.profile_traits])
-               if c in frame_columns]
     from training.segmentation import EMBEDDING_PREFIX
 
+    columns = [c for c in dict.fromkeys([*settings.features, *settings.profile_traits])
+               if c in frame_columns]
     embedding = [c for c in frame_columns if c.startswith(EMBEDDING_PREFIX)] if settings.use_embeddings else []
     weights = {c: settings.embedding_weight / math.sqrt(len(embedding)) for c in embedding}
     return columns + embedding, weights
