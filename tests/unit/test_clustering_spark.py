@@ -38,3 +38,24 @@ def test_bisecting_kmeans_keeps_the_contract(spark):
     expected = profile_table(frame[["a", "b"]], local.transform(frame), got["segment"].to_numpy())
     pd.testing.assert_frame_equal(profile.reset_index(drop=True), expected, check_dtype=False,
                                   atol=1e-9)
+
+
+def test_feature_table_joins_rfm_embeddings_and_profile_traits(spark):
+    from training.segmentation import segment_features
+
+    behaviour = spark.createDataFrame(
+        [("p1", "u1", 5, {"shoes": 0.75, "hats": 0.25}), ("p2", "u2", 1, None)],
+        "person_id string, user_id string, events bigint, category_affinity map<string,double>")
+    rfm = spark.createDataFrame([("p1", "u1", 3, "Champions")],
+                                "person_id string, user_id string, frequency bigint, rfm_segment string")
+    embeddings = spark.createDataFrame([("p1", "u1", [0.5, -0.5]), ("p2", "u2", [0.1, 0.2])],
+                                       "person_id string, user_id string, vector array<double>")
+    profiles = spark.createDataFrame([("p2", 31, True, "25-34")],
+                                     "person_id string, age int, urban boolean, age_band string")
+    table = segment_features(behaviour, rfm, embeddings, profiles, ("age", "urban", "shoe_size"))
+    rows = {r["person_id"]: r.asDict() for r in table.collect()}
+    assert table.columns == ["person_id", "user_id", "events", "category_concentration",
+                             "frequency", "emb_00", "emb_01", "age", "urban"]
+    assert rows["p1"]["category_concentration"] == 0.75 and rows["p1"]["frequency"] == 3.0
+    assert rows["p1"]["age"] is None and rows["p2"]["urban"] == 1.0 and rows["p2"]["emb_01"] == 0.2
+    assert rows["p2"]["frequency"] is None and rows["p2"]["category_concentration"] is None
