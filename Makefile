@@ -58,6 +58,7 @@ bench: setup
 	$(PY) bench/identity_bench.py --out bench/report.md
 	$(PY) bench/features_bench.py --out bench/report.md
 	PYTHONPATH=$(CURDIR) $(PY) bench/recommenders_ml100k.py --out bench/report.md
+	$(PY) bench/segments_bench.py --out bench/report.md
 
 mlflow-ui: setup
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///var/mlflow.db --host 127.0.0.1 --port 5000

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from jobs import (analyze_experiment, apply_retention, build_features, forget_users,
-                  ingest_events, promote, resolve_identities, train_recommender)
+                  ingest_events, promote, resolve_identities, train_recommender, train_segments)
 from jobs.config import REPO_ROOT, TailorConfig
 from jobs.runtime import JobError, config_options, execute, report_errors
 from jobs.storage import resolve_uri, upload_folder
@@ -29,6 +29,7 @@ main.add_command(build_features.main, "features")
 main.add_command(train_recommender.main, "train")
 main.add_command(promote.main, "promote")
 main.add_command(analyze_experiment.main, "experiments")
+main.add_command(train_segments.main, "segment")
 
 
 def _write_local_or_upload(config: TailorConfig, output: str, write) -> dict:
@@ -105,6 +106,7 @@ def pipeline(config: TailorConfig, input_uri: str | None) -> None:
     from jobs.spark import build_spark_session
 
     config.pii.effective_key()
+    train_segments.load_rules(config)
     input_uri = input_uri or ensure_sample(config)
     spark = build_spark_session(config)
     stages = [
@@ -112,13 +114,14 @@ def pipeline(config: TailorConfig, input_uri: str | None) -> None:
         ("apply_retention", apply_retention.apply_retention),
         ("resolve_identities", resolve_identities.resolve),
         ("build_features", build_features.build),
+        ("train_segments", train_segments.segment),
         ("train_recommender", train_recommender.train),
     ]
     for name, body in stages:
         click.echo(f"== {name}")
         execute(name, config, body, spark=spark)
     root = resolve_uri(config.storage.root)
-    click.echo(f"\nOutputs under {root}: events/, quarantine/, identity/, features/, recommendations/, audit/")
+    click.echo(f"\nOutputs under {root}: events/, quarantine/, identity/, features/, segments/, recommendations/, audit/")
     click.echo(f"MLflow runs: {config.mlflow.tracking_uri}  (open the UI with `make mlflow-ui`)")
 
 

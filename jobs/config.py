@@ -178,6 +178,28 @@ class ExperimentsConfig(_Strict):
     exposure_max_age_seconds: float = Field(default=60.0, gt=0)
 
 
+class SegmentationConfig(_Strict):
+    methods: list[Literal["kmeans", "dbscan", "ward"]] = ["kmeans", "dbscan", "ward"]
+    k_min: int = Field(default=2, ge=2)
+    k_max: int = Field(default=8, ge=2)
+    silhouette_sample: int = Field(default=5000, gt=1)
+    dbscan_min_samples: int = Field(default=10, ge=2)
+    max_sample: int = Field(default=20000, gt=1)
+    micro_clusters: int = Field(default=200, gt=1)
+    spark_min_people: int = Field(default=1_000_000, gt=0)
+    max_noise_share: float = Field(default=0.2, ge=0, le=1)
+    features: list[str] = []
+    log_features: list[str] = []
+    zero_fill_features: list[str] = []
+    profile_traits: list[str] = []
+    use_embeddings: bool = True
+    embedding_weight: float = Field(default=1.0, ge=0)
+    seed: int = 42
+    as_of: date | None = None
+    rules_file: str = "conf/segments.yaml"
+    model_name: str = "tailor-segmenter"
+
+
 class TailorConfig(_Strict):
     storage: StorageConfig
     features: FeaturesConfig = FeaturesConfig()
@@ -191,6 +213,7 @@ class TailorConfig(_Strict):
     retention: RetentionConfig = RetentionConfig()
     training: TrainingConfig = TrainingConfig()
     experiments: ExperimentsConfig = ExperimentsConfig()
+    segmentation: SegmentationConfig = SegmentationConfig()
 
     def digest(self) -> str:
         """A short hash of the effective settings (secrets excluded), for the audit log."""

@@ -13,7 +13,8 @@ def test_pipeline_on_a_small_generated_sample(tmp_path):
     # the environment's tracking URI wins over config, and earlier tests may have set one
     result = tailor("pipeline", "--set", f"storage.root={root}", "--set", "sample.users=30",
                     "--set", "sample.days=7",
-                    env={"TAILOR_PII_KEY": PII_KEY, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"})
+                    env={"TAILOR_PII_KEY": PII_KEY, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"},
+                    timeout=1200)  # six stages, on a shared 2-core machine
     assert result.returncode == 0, result.stderr[-3000:]
     assert "== ingest_events" in result.stdout
     assert f"Outputs under file://{root}" in result.stdout
@@ -21,7 +22,7 @@ def test_pipeline_on_a_small_generated_sample(tmp_path):
     assert any(root.joinpath("events").rglob("*.parquet"))
     runs = [json.loads(p.read_text()) for p in root.joinpath("audit").rglob("*.jsonl")]
     assert {r["job"] for r in runs} == {
-        "ingest_events", "apply_retention", "resolve_identities", "build_features",
+        "ingest_events", "apply_retention", "resolve_identities", "build_features", "train_segments",
         "train_recommender"} and all(r["status"] == "succeeded" for r in runs)
 
     assert PII_KEY not in result.stdout + result.stderr
