@@ -18,6 +18,13 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = REPO_ROOT / "conf"
+
+
+def checkout_path(path: str | Path) -> Path:
+    """A configured file path: absolute as given, else relative to the checkout (not the cwd),
+    so jobs find conf/ files wherever cron or spark-submit starts them."""
+    path = Path(path)
+    return path if path.is_absolute() else REPO_ROOT / path
 DEFAULT_ENV_FILE = CONF_DIR / "local.yaml"
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from jobs.config import REPO_ROOT, ConfigError, TailorConfig
+from jobs.config import REPO_ROOT, ConfigError, TailorConfig, checkout_path
 
 LOG4J_CONFIG = REPO_ROOT / "conf" / "log4j2.properties"
 
@@ -62,7 +62,7 @@ def spark_settings(config: TailorConfig, environ: dict[str, str]) -> dict[str, s
     settings["spark.driver.extraJavaOptions"] = f"-Dlog4j.configurationFile=file:{LOG4J_CONFIG}"
     jars_dir = config.spark.s3a_jars_dir
     if jars_dir:
-        jars_path = Path(jars_dir) if Path(jars_dir).is_absolute() else REPO_ROOT / jars_dir
+        jars_path = checkout_path(jars_dir)
         if jars_path.is_dir():
             settings["spark.driver.extraClassPath"] = f"{jars_path}/*"
             settings["spark.executor.extraClassPath"] = f"{jars_path}/*"

@@ -38,7 +38,7 @@ import yaml
 from features.consent import personalization_events
 from features.identity import primary_user_ids
 from features.rule_segments import RuleError, evaluate_rule, known_fields, parse_rules
-from jobs.config import REPO_ROOT, ConfigError, TailorConfig
+from jobs.config import ConfigError, TailorConfig, checkout_path
 from jobs.inputs import resolved_events
 from jobs.runtime import JobRun, config_options, execute, report_errors
 
@@ -49,8 +49,7 @@ MEMBERSHIP_SCHEMA = "person_id string, user_id string, rule_segment string, sinc
 def load_rules(config: TailorConfig) -> list:
     """The rule segments of `segmentation.rules_file`, checked against the known fields and
     event types; a problem is a ConfigError naming it."""
-    path = Path(config.segmentation.rules_file)
-    path = path if path.is_absolute() else REPO_ROOT / path
+    path = checkout_path(config.segmentation.rules_file)
     if not path.is_file():
         raise ConfigError(f"segmentation.rules_file: {path} does not exist")
     try:

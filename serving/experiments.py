@@ -338,7 +338,7 @@ def load_experiments(path: str | Path, known_segments: Collection[str],
 
 
 def rule_segment_ids(path: Path) -> set[str]:
-    """Rule ids of conf/segments.yaml (a `rules:` list of {id: …} or mapping keyed by id)."""
+    """Rule ids of a segments file (a `rules:` mapping keyed by id, or a list of {id: …})."""
     if not path.is_file():
         return set()
     raw = yaml.safe_load(path.read_text()) or {}
@@ -358,20 +358,19 @@ def load_configured(config, path: Path | None = None) -> ExperimentBook:
     """The shell's entry: `experiments.file` (or `path`), checked against the known segment
     names and the configured event types. The service loads it once at startup and refuses
     to start on ExperimentDefinitionError."""
-    from jobs.config import REPO_ROOT
+    from jobs.config import checkout_path
 
-    if path is None:
-        path = Path(config.experiments.file)
-        path = path if path.is_absolute() else REPO_ROOT / path
+    path = path or checkout_path(config.experiments.file)
     return load_experiments(path, discover_segment_names(config), config.ingest.event_types)
 
 
-def discover_segment_names(config, conf_dir: Path | None = None) -> frozenset[str]:
-    """The shell's known names: RFM segments, rule-segment ids and personas in segments/."""
+def discover_segment_names(config) -> frozenset[str]:
+    """The shell's known names: RFM segments, ids of the rules in `segmentation.rules_file` and
+    personas in segments/."""
     from features.rfm import SEGMENTS
-    from jobs.config import CONF_DIR
+    from jobs.config import checkout_path
     from serving.rootfs import persona_names
 
     rfm = {name for row in SEGMENTS.values() for name in row}
-    rules = rule_segment_ids((conf_dir or CONF_DIR) / "segments.yaml")
+    rules = rule_segment_ids(checkout_path(config.segmentation.rules_file))
     return known_segment_names(rfm, rules, persona_names(config))

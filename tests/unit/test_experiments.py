@@ -332,9 +332,10 @@ def test_known_names_come_from_rfm_rule_ids_and_personas_in_segments(tmp_path):
     conf = tmp_path / "conf"
     conf.mkdir()
     (conf / "segments.yaml").write_text("rules:\n  - id: cart_abandoners\n")
-    config = load_config(REPO / "conf" / "test.yaml", [f"storage.root={root}"],
+    config = load_config(REPO / "conf" / "test.yaml",
+                         [f"storage.root={root}", f"segmentation.rules_file={conf / 'segments.yaml'}"],
                          environ={"TAILOR_TEST_ROOT": str(tmp_path)})
-    names = discover_segment_names(config, conf)
+    names = discover_segment_names(config)
     assert {"Champions", "Lost", "cart_abandoners", "Deal Seekers", "Trendsetters"} <= names
     assert "not a persona" not in names and None not in names
     # Without segments/ (before segmentation has run) the RFM names still load the shipped file.
