@@ -335,7 +335,9 @@ class RuleSet:
                                         f"rule {compiled.id} can never fire: its condition on "
                                         f"{', '.join(impossible)} can't hold"))
         for slot, rules in self.by_slot.items():
-            for high, low in combinations(rules, 2):
+            # an impossible rule is reported once above, not again against every other rule
+            possible = [r for r in rules if all(c.satisfiable() for c in r.conditions.values())]
+            for high, low in combinations(possible, 2):
                 if high.rule.priority == low.rule.priority and _both(high, low):
                     problems.append(Problem(
                         "overlap", (high.id, low.id),

@@ -136,16 +136,27 @@ def error(status: int, message: str, headers: dict | None = None, **extra) -> JS
 # -- the guard in front of every API: token, body size, media type ---------------------------
 
 class Guard:
-    """ASGI middleware: bearer token (when configured) on everything but health checks, and
-    request bodies of at most ``max_body`` bytes of JSON, buffered so a handler never sees a
-    truncated one."""
+    """ASGI middleware: bearer token (when configured) on everything but health checks,
+    request bodies of at most ``max_body`` bytes of JSON (buffered, so a handler never sees a
+    truncated one), and the model version as an X-Model-Version header on every response,
+    BentoML's own 400s included."""
 
     def __init__(self, app, token: str | None, max_body: int):
         self.app, self.max_body = app, max_body
         self.token = token.encode() if token else None
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] in HEALTH_PATHS:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_version(message):
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []),
+                                      (b"x-model-version", _state["model_version"].encode())]
+            await send(message)
+
+        send = send_with_version
+        if scope["path"] in HEALTH_PATHS:
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
         if self.token is not None:

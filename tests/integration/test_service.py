@@ -304,7 +304,9 @@ def test_bad_input_is_a_4xx_with_a_message(service, path, body, status):
     base, _, _ = service
     response = post(base, path, body)
     assert response.status_code == status, response.text
-    assert response.text
+    assert response.text and response.headers["X-Model-Version"] == "1"
+    if status != 404:  # Starlette's own 404 is plain text
+        assert response.json()["error"]
 
 
 def test_other_bad_requests(service):
