@@ -17,12 +17,9 @@ from serving.data import People, Suppression
 from serving.rules import CONTEXT_PREFIX, Decision, RuleSet
 from training.fitted import FittedRecommender
 from training.metrics import PAD
-from training.recommenders import PopularityRecommender
+from training.recommenders import PopularityRecommender, top_k
 
 RECOMMENDATIONS_SLOT = "recommendations"
-#: Extra candidates fetched per request beyond k, so filters rarely force a full-catalogue pass.
-_OVERFETCH = 20
-
 
 @dataclass
 class Person:
@@ -54,6 +51,7 @@ class Engine:
         if catalogue is not None and len(catalogue):
             known = catalogue[catalogue["item_id"].isin(self.item_index)]
             self.category[[self.item_index[i] for i in known["item_id"]]] = known["category"].values
+        self._category_masks: dict[str, np.ndarray] = {}
         self.popular = self._popular_order(interactions.matrix)
         self.segment_popular = self._segment_popularity()
         factors = getattr(fitted.recommender, "item_factors", None)
@@ -135,30 +133,39 @@ class Engine:
         excluded = [self.item_index[i] for i in exclude_items if i in self.item_index]
         allowed[excluded] = False
         if category is not None:
-            allowed &= self.category == category
+            allowed &= self._in_category(category)
         for _, filtered in decision.filtered_categories:
-            allowed &= self.category != filtered
+            allowed &= ~self._in_category(filtered)
         return allowed
 
     def _personal(self, row: int, k: int, allowed: np.ndarray, decision: Decision):
-        """The model's top items for the row among ``allowed``, boosts applied."""
-        fetch = min(self.n_items, k + _OVERFETCH)
-        while True:
-            items, scores = self.fitted.recommend_rows([row], fetch)
-            items, scores = items[0], scores[0]
-            keep = (items != PAD)
-            keep[keep] &= allowed[items[keep]]
-            if keep.sum() >= k or fetch >= self.n_items:
-                break
-            fetch = self.n_items
-        items, scores = items[keep], scores[keep].astype(np.float64)
+        """The model's top items for the row among ``allowed`` (which already excludes the
+        person's history), boosts applied.
+
+        One row scored directly through the model's scoring function and the shared top_k:
+        FittedRecommender.recommend_rows is built for batches and costs ~5 ms per call in
+        sparse-matrix bookkeeping, more than the whole HTTP request should."""
+        matrix = self.fitted.interactions.matrix
+        scores = self.fitted.recommender._score_users(np.array([row]), matrix)[0]
+        scores[~allowed] = -np.inf
+        fetch = k + len(decision.pins) if not decision.boosts else self.n_items
+        items, best = top_k(scores[None, :], min(fetch, self.n_items))
+        keep = items[0] != PAD
+        items, best = items[0][keep], best[0][keep].astype(np.float64)
         for _, boost in decision.boosts:
-            hit = np.isin(self.item_ids[items], boost.items) | (
-                (self.category[items] == boost.category) if boost.category else False)
-            scores = np.where(hit, np.where(scores > 0, scores * boost.factor,
-                                            scores / boost.factor), scores)
-        order = np.argsort(-scores, kind="stable")[:k]
-        return items[order], scores[order]
+            hit = np.isin(self.item_ids[items], boost.items)
+            if boost.category:
+                hit |= self._in_category(boost.category)[items]
+            best = np.where(hit, np.where(best > 0, best * boost.factor, best / boost.factor), best)
+        order = np.argsort(-best, kind="stable")[:k]
+        return items[order], best[order]
+
+    def _in_category(self, category: str) -> np.ndarray:
+        """Which items are in ``category`` (computed once per category)."""
+        mask = self._category_masks.get(category)
+        if mask is None:
+            mask = self._category_masks[category] = self.category == category
+        return mask
 
     def _anchor_reasons(self, row: int, items: np.ndarray) -> list[str]:
         """"similar to X": the history item most like each recommended item."""

@@ -13,6 +13,7 @@ sync handler would pay a hop through BentoML's one-thread pool on every request.
 """
 from __future__ import annotations
 
+import gc
 import hmac
 import json
 import os
@@ -145,17 +146,16 @@ class Guard:
         self.app, self.max_body = app, max_body
         self.token = token.encode() if token else None
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope, receive, send_on):
         if scope["type"] != "http":
-            return await self.app(scope, receive, send)
+            return await self.app(scope, receive, send_on)
 
-        async def send_with_version(message):
+        async def send(message):
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", []),
                                       (b"x-model-version", _state["model_version"].encode())]
-            await send(message)
+            await send_on(message)
 
-        send = send_with_version
         if scope["path"] in HEALTH_PATHS:
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
@@ -238,6 +238,11 @@ class Recommender:
         self.engine, self.suppression = load_engine(CONFIG, Path(stored.path), version)
         self.suppression.start(CONFIG.serving.suppression_refresh_seconds)
         _state["model_version"] = version
+        # Everything loaded so far lives as long as the worker. Frozen, the cyclic collector
+        # no longer walks it: a full collection over BentoML's, pandas' and the model's
+        # objects took 100-500 ms here, the "~100 ms p99 at concurrency 1".
+        gc.collect()
+        gc.freeze()
 
     def __is_ready__(self) -> bool:
         return self.engine is not None
