@@ -17,9 +17,20 @@ from serving.data import People, Suppression
 from serving.rules import CONTEXT_PREFIX, Decision, RuleSet
 from training.fitted import FittedRecommender
 from training.metrics import PAD
-from training.recommenders import PopularityRecommender, top_k
+from training.recommenders import PopularityRecommender
 
 RECOMMENDATIONS_SLOT = "recommendations"
+
+def _best(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of one score row's ``k`` best finite scores, best first (for one row this is
+    half the time of training's batch top_k, which negates and gathers whole matrices)."""
+    k = min(k, len(scores))
+    if k == 0:
+        return np.empty(0, dtype=np.int64)
+    part = np.argpartition(scores, len(scores) - k)[len(scores) - k:]
+    part = part[np.argsort(-scores[part], kind="stable")]
+    return part[np.isfinite(scores[part])]
+
 
 @dataclass
 class Person:
@@ -101,12 +112,12 @@ class Engine:
                   context: dict | None = None, variant: str | None = None) -> dict:
         person = self.person(user_id, context, variant)
         decision = self.rules.decide(RECOMMENDATIONS_SLOT, person.facts)
-        allowed = self._allowed(person, exclude_items, category, decision)
-        has_history = (person.row is not None and self.personal
-                       and self.fitted.interactions.matrix.indptr[person.row + 1]
-                       > self.fitted.interactions.matrix.indptr[person.row])
-        if has_history:
-            items, scores = self._personal(person.row, k, allowed, decision)
+        blocked = self._blocked(person, exclude_items)
+        shown = self._filter(category, decision)
+        matrix = self.fitted.interactions.matrix
+        if (person.row is not None and self.personal
+                and matrix.indptr[person.row + 1] > matrix.indptr[person.row]):
+            items, scores = self._personal(person.row, k, blocked, shown, decision)
             reasons = self._anchor_reasons(person.row, items)
             fallback = False
         else:
@@ -114,44 +125,49 @@ class Engine:
             popular = self.segment_popular.get(str(segment)) if segment is not None else None
             reason = f"popular in segment {segment}" if popular is not None else "popular"
             order, shares = self.popular if popular is None else popular
+            allowed = np.ones(self.n_items, dtype=bool) if shown is None else shown.copy()
+            allowed[blocked] = False
             items, scores = order[allowed[order]][:k], shares[allowed[order]][:k]
             reasons = [reason] * len(items)
             fallback = True
-        ranked = self._pin(decision, allowed, list(zip(items, scores, reasons)), k)
+        ranked = self._pin(decision, blocked, shown, list(zip(items, scores, reasons)), k)
         return {"user_id": user_id,
                 "items": [{"item_id": str(self.item_ids[i]), "score": round(float(s), 6),
                            "reason": r} for i, s, r in ranked],
                 "fallback": fallback, "segment": person.segment, "variant": variant,
                 "model_version": self.model_version}
 
-    def _allowed(self, person: Person, exclude_items, category, decision: Decision) -> np.ndarray:
-        """Items that may be shown: not seen, not excluded, in the category, not rule-filtered."""
-        allowed = np.ones(self.n_items, dtype=bool)
-        if person.row is not None:
-            seen = self.fitted.seen
-            allowed[seen.indices[seen.indptr[person.row]:seen.indptr[person.row + 1]]] = False
+    def _blocked(self, person: Person, exclude_items) -> np.ndarray:
+        """Item indices never to show this person: their whole history and the excluded ones."""
         excluded = [self.item_index[i] for i in exclude_items if i in self.item_index]
-        allowed[excluded] = False
-        if category is not None:
-            allowed &= self._in_category(category)
+        if person.row is None:
+            return np.asarray(excluded, dtype=np.int64)
+        seen = self.fitted.seen
+        history = seen.indices[seen.indptr[person.row]:seen.indptr[person.row + 1]]
+        return np.concatenate([history, np.asarray(excluded, dtype=history.dtype)])
+
+    def _filter(self, category: str | None, decision: Decision) -> np.ndarray | None:
+        """Items the request's category and the rules' filters leave (None: all of them)."""
+        shown = None if category is None else self._in_category(category).copy()
         for _, filtered in decision.filtered_categories:
-            allowed &= ~self._in_category(filtered)
-        return allowed
+            kept = ~self._in_category(filtered)
+            shown = kept if shown is None else shown & kept
+        return shown
 
-    def _personal(self, row: int, k: int, allowed: np.ndarray, decision: Decision):
-        """The model's top items for the row among ``allowed`` (which already excludes the
-        person's history), boosts applied.
+    def _personal(self, row: int, k: int, blocked: np.ndarray, shown: np.ndarray | None,
+                  decision: Decision):
+        """The model's top items for the row, boosts applied.
 
-        One row scored directly through the model's scoring function and the shared top_k:
+        One row is scored directly through the model's scoring function:
         FittedRecommender.recommend_rows is built for batches and costs ~5 ms per call in
         sparse-matrix bookkeeping, more than the whole HTTP request should."""
-        matrix = self.fitted.interactions.matrix
-        scores = self.fitted.recommender._score_users(np.array([row]), matrix)[0]
-        scores[~allowed] = -np.inf
+        scores = self.fitted.recommender._score_users(np.array([row]), self.fitted.interactions.matrix)[0]
+        scores[blocked] = -np.inf
+        if shown is not None:
+            scores[~shown] = -np.inf
         fetch = k + len(decision.pins) if not decision.boosts else self.n_items
-        items, best = top_k(scores[None, :], min(fetch, self.n_items))
-        keep = items[0] != PAD
-        items, best = items[0][keep], best[0][keep].astype(np.float64)
+        items = _best(scores, fetch)
+        best = scores[items].astype(np.float64)
         for _, boost in decision.boosts:
             hit = np.isin(self.item_ids[items], boost.items)
             if boost.category:
@@ -184,22 +200,25 @@ class Engine:
                            else "recommended for you")
         return reasons
 
-    def _pin(self, decision: Decision, allowed: np.ndarray, ranked: list, k: int) -> list:
+    def _pin(self, decision: Decision, blocked: np.ndarray, shown: np.ndarray | None,
+             ranked: list, k: int) -> list:
         """Rule pins first (in rule order), then the ranked items, boosted ones marked."""
         boosted = {}
         for rule_id, boost in decision.boosts:
             for i, _, _ in ranked:
-                if self.item_ids[i] in boost.items or (boost.category and self.category[i] == boost.category):
+                if (self.item_ids[i] in boost.items
+                        or boost.category and self.category[i] == boost.category):
                     boosted.setdefault(i, rule_id)
-        pinned, seen = [], set()
+        pinned, taken = [], set(blocked.tolist()) if decision.pins else set()
         top = float(ranked[0][1]) if ranked else 1.0
         for rule_id, item_id in decision.pins:
             i = self.item_index.get(item_id)
-            if i is not None and allowed[i] and i not in seen:
+            if i is not None and (shown is None or shown[i]) and i not in taken:
                 pinned.append((i, top, f"pinned by rule {rule_id}"))
-                seen.add(i)
+                taken.add(i)
+        pinned_items = {i for i, _, _ in pinned}
         rest = [(i, s, f"{r}; boosted by rule {boosted[i]}" if i in boosted else r)
-                for i, s, r in ranked if i not in seen]
+                for i, s, r in ranked if i not in pinned_items]
         return (pinned + rest)[:k]
 
     def similar_items(self, item_id: str, k: int) -> dict | None:

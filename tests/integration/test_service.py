@@ -346,3 +346,42 @@ def test_rules_explain_cli_matches_the_service(service):
     assert result.returncode == 0, result.stderr
     assert "winner: banner-champions -> content vip" in result.stdout
     assert "banner-home-page: matched, skipped: variant already set by banner-champions" in result.stdout
+
+
+def test_engine_starts_without_tables_or_rules_and_refuses_a_failing_rules_file(service, tmp_path):
+    """What the worker loads at start-up, in process: an empty storage root and no rules file
+    still answer; a rules file that fails the check stops the start."""
+    from bentoml._internal.models import ModelStore
+
+    from serving.rules import RulesError
+    from serving.service import load_engine
+
+    _, config, _ = service
+    model = ModelStore(Path(config.serving.bentoml_home) / "models").get("tailor-recommender:v1")
+    bare = config.model_copy(deep=True)
+    bare.storage.root = str(tmp_path / "empty-root")
+    bare.serving.rules_file = str(tmp_path / "no-rules.yaml")
+    engine, _ = load_engine(bare, Path(model.path), "1")
+    answer = engine.recommend("u04", 3)
+    assert answer["fallback"] is False and answer["segment"] is None and len(answer["items"]) == 3
+    assert engine.segment("u04")["rule_segments"] == []
+    assert engine.decide("u04", "home_banner")[0]["content"] is None
+
+    (tmp_path / "bad.yaml").write_text("rules:\n  - {id: a, slot: s, priority: 1, when: {shoe_size: 9},"
+                                       " then: {variant: x}}\n")
+    bare.serving.rules_file = str(tmp_path / "bad.yaml")
+    with pytest.raises(RulesError, match="unknown field 'shoe_size'"):
+        load_engine(bare, Path(model.path), "1")
+
+
+def test_build_without_a_champion_says_so(spark, tmp_path):
+    from jobs.runtime import JobError
+
+    # mlflow.set_tracking_uri (the module's fixture) exports MLFLOW_TRACKING_URI, which wins
+    environ = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    config = load_config(REPO / "conf" / "test.yaml", [
+        f"storage.root={tmp_path}/root", f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+        f"serving.bentoml_home={tmp_path}/bentoml"],
+        environ={**environ, "TAILOR_TEST_ROOT": str(tmp_path)})
+    with pytest.raises(JobError, match="has no champion yet: run `tailor train` first"):
+        execute("build_service", config, build_service.build, spark=spark)
