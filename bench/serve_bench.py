@@ -164,6 +164,13 @@ class Server:
             except psutil.Error:
                 pass
 
+    def cpu_seconds(self) -> float:
+        total = 0.0
+        for worker in self.workers():
+            times = worker.cpu_times()
+            total += times.user + times.system
+        return total
+
     def rss_between(self, start: float, end: float) -> list[int]:
         return [rss for t, rss in self.samples if start <= t <= end]
 
@@ -203,14 +210,16 @@ def wrk(port: int, path: str, connections: int, seconds: int) -> dict:
 
 def measure(server: Server, path: str, connections: int, seconds: int) -> dict:
     wrk(server.port, path, connections, 3)  # warm-up
-    started = time.monotonic()
+    started, cpu = time.monotonic(), server.cpu_seconds()
     stats = wrk(server.port, path, connections, seconds)
+    stats["cpu_ms_per_request"] = (server.cpu_seconds() - cpu) * 1000 / max(stats["requests"], 1)
     rss = server.rss_between(started, time.monotonic())
     stats.update(rss_start=rss[0] if rss else 0, rss_end=rss[-1] if rss else 0,
                  rss_max=max(rss) if rss else 0, load=os.getloadavg()[0])
     print(f"[serve] {server.name:9s} c={connections:3d}: {stats['rps']:7.0f} req/s, "
           f"p50 {stats['p50_us'] / 1000:6.2f} ms, p99 {stats['p99_us'] / 1000:6.2f} ms, "
-          f"errors {stats['errors']}, worker RSS {stats['rss_max'] / 2**20:.0f} MiB", flush=True)
+          f"errors {stats['errors']}, worker CPU {stats['cpu_ms_per_request']:.2f} ms/req, "
+          f"RSS {stats['rss_max'] / 2**20:.0f} MiB", flush=True)
     return stats
 
 
@@ -234,10 +243,10 @@ def section(facts: dict, build_s: float, results: dict, soak: dict | None) -> st
         f"{facts['people']:,} people ({facts['interactions']:,} interactions); every /recommend "
         f"scores the whole catalogue live for a random known person (k=10). Each run "
         f"{results['seconds']} s after a 3 s warm-up; the three servers take turns per "
-        f"concurrency. Load average is the machine's (shared with other work) at the run's end. `tailor build-service` took {build_s:.0f} s (Spark start-up included).",
+        f"concurrency. Load average is the machine's (shared with other work) at the run's end; worker CPU ms per request (the worker process's CPU time over the run ÷ requests) does not depend on how busy the machine is: 1000 ÷ it is what one worker can do on a free core. `tailor build-service` took {build_s:.0f} s (Spark start-up included).",
         "",
-        "| endpoint | concurrency | req/s | p50 ms | p99 ms | max ms | errors | worker RSS MiB (start → end, max) | load avg |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
+        "| endpoint | concurrency | req/s | p50 ms | p99 ms | max ms | errors | worker CPU ms/req | worker RSS MiB (start → end, max) | load avg |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
     ]
     for connections in CONCURRENCY:
         for name in TARGETS_RUN:
@@ -245,15 +254,17 @@ def section(facts: dict, build_s: float, results: dict, soak: dict | None) -> st
             lines.append(
                 f"| {LABELS[name]} | {connections} | {s['rps']:,.0f} | "
                 f"{s['p50_us'] / 1000:.2f} | {s['p99_us'] / 1000:.2f} | {s['max_us'] / 1000:.1f} | "
-                f"{s['errors']} | {mib(s['rss_start'])} → {mib(s['rss_end'])}, {mib(s['rss_max'])} | "
+                f"{s['errors']} | {s['cpu_ms_per_request']:.2f} | "
+                f"{mib(s['rss_start'])} → {mib(s['rss_end'])}, {mib(s['rss_max'])} | "
                 f"{s['load']:.2f} |")
     lines += ["", "Against the no-op configured like the service (gc frozen):", "",
-              "| concurrency | /recommend ÷ no-op req/s (target ≥ 0.8) | p99 ÷ no-op p99 (target ≤ 1.5) |",
-              "| ---: | ---: | ---: |"]
+              "| concurrency | /recommend ÷ no-op req/s (target ≥ 0.8) | p99 ÷ no-op p99 (target ≤ 1.5) | no-op ÷ /recommend CPU per request |",
+              "| ---: | ---: | ---: | ---: |"]
     for connections in CONCURRENCY:
         rec, noop = results["recommend"][connections], results["noop"][connections]
         lines.append(f"| {connections} | {rec['rps'] / noop['rps']:.2f} | "
-                     f"{rec['p99_us'] / max(noop['p99_us'], 1):.2f} |")
+                     f"{rec['p99_us'] / max(noop['p99_us'], 1):.2f} | "
+                     f"{noop['cpu_ms_per_request'] / max(rec['cpu_ms_per_request'], 1e-9):.2f} |")
     if soak:
         lines += ["", f"Soak: /recommend at concurrency 16 for {soak['seconds']} s: "
                       f"{soak['rps']:,.0f} req/s, p99 {soak['p99_us'] / 1000:.2f} ms, "

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
+import numpy as np
 import pandas as pd
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
@@ -143,20 +144,15 @@ class Suppression:
 
 
 def _native(value):
-    """A rules-comparable Python value: NaN/NaT → None, numpy scalars → Python, dates → ISO."""
-    if value is None or value is pd.NaT:
-        return None
-    if isinstance(value, float) and math.isnan(value):
+    """A rules-comparable Python value: NaN/NaT → None, numpy values → Python, dates → ISO."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if value is None or value is pd.NaT or (isinstance(value, float) and math.isnan(value)):
         return None
     if isinstance(value, (pd.Timestamp, datetime, date)):
         return value.isoformat()
-    if hasattr(value, "item") and not isinstance(value, (list, tuple)):
-        try:
-            return value.item()
-        except (ValueError, AttributeError):
-            return value
-    if hasattr(value, "tolist"):
-        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
     return value
 
 

@@ -21,6 +21,7 @@ from training.recommenders import PopularityRecommender
 
 RECOMMENDATIONS_SLOT = "recommendations"
 
+
 def _best(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices of one score row's ``k`` best finite scores, best first (for one row this is
     half the time of training's batch top_k, which negates and gathers whole matrices)."""
@@ -48,6 +49,8 @@ class Person:
 
 
 class Engine:
+    """Loaded once per worker; every method answers one request."""
+
     def __init__(self, fitted: FittedRecommender, model_version: str, rules: RuleSet,
                  people: People, suppression: Suppression,
                  catalogue: pd.DataFrame | None = None):

@@ -13,7 +13,6 @@ sync handler would pay a hop through BentoML's one-thread pool on every request.
 """
 from __future__ import annotations
 
-import gc
 import hmac
 import json
 import os
@@ -29,6 +28,7 @@ from jobs.config import REPO_ROOT, TailorConfig, load_config
 from jobs.storage import resolve_uri
 from serving.data import (CATALOGUE_FILE, CONFIG_ENV, IDENTITIES_FILE, RECOMMENDER_DIR, People,
                           Root, Suppression)
+from serving import heap
 from serving.engine import Engine
 from serving.rules import checked_rules
 from training.fitted import FittedRecommender
@@ -238,11 +238,7 @@ class Recommender:
         self.engine, self.suppression = load_engine(CONFIG, Path(stored.path), version)
         self.suppression.start(CONFIG.serving.suppression_refresh_seconds)
         _state["model_version"] = version
-        # Everything loaded so far lives as long as the worker. Frozen, the cyclic collector
-        # no longer walks it: a full collection over BentoML's, pandas' and the model's
-        # objects took 100-500 ms here, the "~100 ms p99 at concurrency 1".
-        gc.collect()
-        gc.freeze()
+        heap.settle()  # the "~100 ms p99 at concurrency 1": see serving/heap.py
 
     def __is_ready__(self) -> bool:
         return self.engine is not None
