@@ -52,7 +52,9 @@ def serve_env(config: TailorConfig) -> dict[str, str]:
     if not rules.is_absolute():
         rules = Path.cwd() / rules if (Path.cwd() / rules).exists() else REPO_ROOT / rules
     resolved.serving.rules_file = str(rules)
-    return {**bentoml_env(config), CONFIG_ENV: json.dumps(resolved.model_dump(mode="json"))}
+    # One worker scores one row at a time: BLAS threads would only add hand-offs.
+    return {"OPENBLAS_NUM_THREADS": "1", **bentoml_env(config),
+            CONFIG_ENV: json.dumps(resolved.model_dump(mode="json"))}
 
 
 def download_champion(config: TailorConfig, folder: Path) -> tuple[str, str, Path]:

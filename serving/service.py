@@ -24,7 +24,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse
 
-from jobs.config import REPO_ROOT, TailorConfig, load_config
+from jobs.config import REPO_ROOT, ConfigError, TailorConfig, load_config
 from jobs.storage import resolve_uri
 from serving.data import (CATALOGUE_FILE, CONFIG_ENV, IDENTITIES_FILE, RECOMMENDER_DIR, People,
                           Root, Suppression)
@@ -213,6 +213,9 @@ def load_engine(config: TailorConfig, model_dir: Path, model_version: str) -> tu
     rules = checked_rules(rules_file if rules_file.is_absolute() else REPO_ROOT / rules_file,
                           people.profile_columns)
     pii_key = os.environ.get("TAILOR_PII_KEY") or config.pii.demo_key
+    if not pii_key:  # without it the suppression list can't be matched: refuse, don't ignore it
+        raise ConfigError("the service needs TAILOR_PII_KEY (the forget job's key) to honour "
+                          "the suppression list")
     suppression = Suppression(root, pii_key)
     suppression.refresh()
     catalogue = (pd.read_parquet(model_dir / CATALOGUE_FILE)

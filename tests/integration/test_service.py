@@ -350,9 +350,11 @@ def test_rules_explain_cli_matches_the_service(service):
 
 def test_engine_starts_without_tables_or_rules_and_refuses_a_failing_rules_file(service, tmp_path):
     """What the worker loads at start-up, in process: an empty storage root and no rules file
-    still answer; a rules file that fails the check stops the start."""
+    still answer; no key to match the suppression list, or a rules file that fails the check,
+    stops the start."""
     from bentoml._internal.models import ModelStore
 
+    from jobs.config import ConfigError
     from serving.rules import RulesError
     from serving.service import load_engine
 
@@ -366,6 +368,13 @@ def test_engine_starts_without_tables_or_rules_and_refuses_a_failing_rules_file(
     assert answer["fallback"] is False and answer["segment"] is None and len(answer["items"]) == 3
     assert engine.segment("u04")["rule_segments"] == []
     assert engine.decide("u04", "home_banner")[0]["content"] is None
+
+    keyless = bare.model_copy(deep=True)
+    keyless.pii.demo_key = None
+    with pytest.raises(ConfigError, match="needs TAILOR_PII_KEY"):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.delenv("TAILOR_PII_KEY", raising=False)
+            load_engine(keyless, Path(model.path), "1")
 
     (tmp_path / "bad.yaml").write_text("rules:\n  - {id: a, slot: s, priority: 1, when: {shoe_size: 9},"
                                        " then: {variant: x}}\n")
