@@ -16,7 +16,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export BENTOML_DO_NOT_TRACK := True
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup system-libs run test test-fast bench mlflow-ui clean
+.PHONY: setup system-libs run test test-fast bench mlflow-ui clean bento serve bench-serve
 
 setup: system-libs $(VENV)/.installed $(JARS)/.installed
 
@@ -27,6 +27,7 @@ system-libs:
 	for pkg in libopenblas0-pthread libgomp1; do dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
 	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
 	command -v mvn >/dev/null || missing="$$missing maven"; \
+	if [ -n "$(WANT_WRK)" ]; then command -v wrk >/dev/null || missing="$$missing wrk"; fi; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	  else echo "please install:$$missing" >&2; exit 1; fi; \
@@ -59,6 +60,18 @@ bench: setup
 	$(PY) bench/features_bench.py --out bench/report.md
 	PYTHONPATH=$(CURDIR) $(PY) bench/recommenders_ml100k.py --out bench/report.md
 	$(PY) bench/segments_bench.py --out bench/report.md
+
+# The recommendation service: build the bento from the MLflow champion, then serve it.
+bento: setup
+	$(VENV)/bin/tailor build-service
+
+serve: bento
+	$(VENV)/bin/tailor serve
+
+# wrk (the HTTP load generator) is a system package needed only here.
+bench-serve: WANT_WRK := 1
+bench-serve: setup
+	PYTHONPATH=$(CURDIR) $(PY) bench/serve_bench.py --out bench/report.md
 
 mlflow-ui: setup
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///var/mlflow.db --host 127.0.0.1 --port 5000

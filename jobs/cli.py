@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from jobs import (analyze_experiment, apply_retention, build_features, forget_users,
+from jobs import (analyze_experiment, apply_retention, build_features, build_service, forget_users,
                   ingest_events, promote, resolve_identities, train_recommender, train_segments)
 from jobs.config import REPO_ROOT, TailorConfig
 from jobs.runtime import JobError, config_options, execute, report_errors
@@ -30,6 +30,7 @@ main.add_command(train_recommender.main, "train")
 main.add_command(promote.main, "promote")
 main.add_command(analyze_experiment.main, "experiments")
 main.add_command(train_segments.main, "segment")
+main.add_command(build_service.main, "build-service")
 
 
 def _write_local_or_upload(config: TailorConfig, output: str, write) -> dict:
@@ -123,6 +124,77 @@ def pipeline(config: TailorConfig, input_uri: str | None) -> None:
     root = resolve_uri(config.storage.root)
     click.echo(f"\nOutputs under {root}: events/, quarantine/, identity/, features/, segments/, recommendations/, audit/")
     click.echo(f"MLflow runs: {config.mlflow.tracking_uri}  (open the UI with `make mlflow-ui`)")
+
+
+
+@main.command("serve")
+@click.option("--port", type=int, default=None, help="Port (default: serving.port).")
+@click.option("--host", default=None, help="Interface (default: serving.host, 127.0.0.1).")
+@click.option("--bento", default=None,
+              help="Bento tag to serve (default: the latest build, <serving.bento_name>:latest).")
+@report_errors
+@config_options
+def serve(config: TailorConfig, port: int | None, host: str | None, bento: str | None) -> None:
+    """Serve the built recommendation service in the foreground (Ctrl-C stops it)."""
+    import os
+    import sys
+
+    command = [str(Path(sys.executable).parent / "bentoml"), "serve",
+               bento or f"{config.serving.bento_name}:latest",
+               "--host", host or config.serving.host, "--port", str(port or config.serving.port)]
+    click.echo(f"serving {command[2]} on http://{command[4]}:{command[6]}", err=True)
+    os.execve(command[0], command, build_service.serve_env(config))
+
+
+@main.group("rules")
+def rules() -> None:
+    """Check a rules file, or explain the rules' decision for a person."""
+
+
+@rules.command("check")
+@click.argument("path", type=click.Path(dir_okay=False))
+@report_errors
+@config_options
+def rules_check(config: TailorConfig, path: str) -> None:
+    """Report overlapping, shadowed and impossible rules and unknown fields (exit 1 on any).
+
+    Profile columns found in the storage root's profiles/ count as known fields."""
+    from serving.data import Root
+    from serving.rules import load_rules
+    from jobs.storage import resolve_uri
+
+    if not Path(path).is_file():
+        raise JobError(f"rules file {path} does not exist")
+    ruleset = load_rules(path)
+    problems = ruleset.check(Root(resolve_uri(config.storage.root), config.storage.s3)
+                             .columns("profiles"))
+    for problem in problems:
+        click.echo(f"{problem.kind}: {problem.message}")
+    if problems:
+        raise JobError(f"{path}: {len(problems)} problem(s)")
+    click.echo(f"{path}: {len(ruleset.rules)} rules in {len(ruleset.by_slot)} slots, no problems")
+
+
+@rules.command("explain")
+@click.option("--user", "user_id", required=True, help="The user (or anonymous) id.")
+@click.option("--slot", required=True, help="The page slot, e.g. home_banner or recommendations.")
+@click.option("--context", "context_json", default="{}", help='Request context as JSON, e.g. \'{"page": "home"}\'.')
+@report_errors
+@config_options
+def rules_explain(config: TailorConfig, user_id: str, slot: str, context_json: str) -> None:
+    """Print which rules match the person in the slot, which won and why, as the built
+    service would decide (it loads the service's model and the storage root's tables)."""
+    import json
+
+    from serving.explain import explain
+
+    try:
+        context = json.loads(context_json)
+    except json.JSONDecodeError:
+        raise JobError("--context must be a JSON object") from None
+    if not isinstance(context, dict):
+        raise JobError("--context must be a JSON object")
+    click.echo(explain(config, user_id, slot, context))
 
 
 if __name__ == "__main__":

@@ -207,6 +207,19 @@ class SegmentationConfig(_Strict):
     model_name: str = "tailor-segmenter"
 
 
+class ServingConfig(_Strict):
+    bentoml_home: str = "./var/bentoml"
+    bento_name: str = "tailor-service"
+    model_name: str = "tailor-recommender"
+    host: str = "127.0.0.1"
+    port: int = Field(default=3000, gt=0, lt=65536)
+    rules_file: str = "conf/rules.yaml"
+    suppression_refresh_seconds: float = Field(default=30.0, gt=0)
+    max_body_bytes: int = Field(default=65536, gt=0)
+    token_env: str = "TAILOR_SERVICE_TOKEN"
+    default_k: int = Field(default=10, ge=1, le=100)
+
+
 class TailorConfig(_Strict):
     storage: StorageConfig
     features: FeaturesConfig = FeaturesConfig()
@@ -221,6 +234,7 @@ class TailorConfig(_Strict):
     training: TrainingConfig = TrainingConfig()
     experiments: ExperimentsConfig = ExperimentsConfig()
     segmentation: SegmentationConfig = SegmentationConfig()
+    serving: ServingConfig = ServingConfig()
 
     def digest(self) -> str:
         """A short hash of the effective settings (secrets excluded), for the audit log."""
