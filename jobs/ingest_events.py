@@ -347,6 +347,7 @@ def _print_summary(job: JobRun, counts: dict) -> None:
 def main(config: TailorConfig, input_uri: str) -> None:
     """Ingest raw event dumps into canonical events and quarantine."""
     config.pii.effective_key()  # refuse before Spark starts when there is no PII key
+    trait_params(config, datetime.now(timezone.utc))  # and when a CRM mapping names no trait
     execute("ingest_events", config, lambda job: ingest(job, input_uri))
 
 

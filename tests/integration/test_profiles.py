@@ -135,7 +135,7 @@ def test_segment_crm_and_feed_to_profiles_catalogue_and_forget(spark, config, tm
     profiles = {p.user_id: p for p in spark.read.parquet(root + "/profiles").collect()}
     assert set(profiles) == {"dana", "erin", "gil"}  # frank: CRM only, no consent given
     dana = profiles["dana"]
-    person = {r.user_id: r.person_id for r in spark.read.parquet(root + "/identity")
+    person = {r.identifier: r.person_id for r in spark.read.parquet(root + "/identity")
               .where("identifier_type = 'user_id'").collect()}
     assert dana.person_id == person["dana"]
     assert (dana.age, dana.age_band, dana.gender, dana.country) == (30, "25-34", "female", "GB")
@@ -146,7 +146,7 @@ def test_segment_crm_and_feed_to_profiles_catalogue_and_forget(spark, config, tm
     assert dana.trait_sources["city"].source == "crm:crm_customers"
     assert dana.trait_sources["city"].updated_at == datetime(2024, 3, 5)
     assert dana.trait_sources["age_band"].source == "segment_identify"
-    assert dana.first_seen == datetime(2024, 3, 1, 9) and dana.last_seen == datetime(2024, 3, 5)
+    assert dana.first_seen == datetime(2024, 2, 1) and dana.last_seen == datetime(2024, 3, 5)  # CRM rows
     erin = profiles["erin"]
     assert (erin.age, erin.age_band, erin.device_type, erin.urban) == (24, "18-24", "android", None)
     gil = profiles["gil"]
