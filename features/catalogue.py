@@ -9,8 +9,6 @@ say (name, brand, categories, first seen, last price).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
-
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
@@ -58,7 +56,7 @@ def _date(text: Column, date_format: str | None) -> Column:
     return iso
 
 
-def feed_records(rows: DataFrame, mapping: FeedMapping, now: datetime) -> DataFrame:
+def feed_records(rows: DataFrame, mapping: FeedMapping) -> DataFrame:
     """Feed rows (raw, source_file, `_m`, modified_at) as item records with `reason`."""
     m = F.col("_m")
     text = {name: _text(m, mapping, name) for name in FEED_FIELDS}

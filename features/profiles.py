@@ -31,7 +31,6 @@ from features.segment_spec import CONTEXT_SCHEMA, context_traits
 AGE_BANDS = [(0, "0-17"), (18, "18-24"), (25, "25-34"), (35, "35-44"), (45, "45-54"),
              (55, "55-64"), (65, "65+")]
 MAX_AGE = 120
-TRAIT_TYPES = ("string", "int", "double", "boolean", "date")
 # Canonical traits and their types; `age` and `birth_date` both end up as age / age_band.
 STANDARD_TRAITS = {
     "age": "int", "birth_date": "date", "gender": "string", "city": "string",
@@ -56,12 +55,6 @@ IDENTIFY_TRAITS = {
 }
 IDENTIFIER_TRAITS = ("email", "phone", "id")
 EVENT_TRAITS = ("device_type", "os", "locale", "city", "region", "country")
-PROFILE_COLUMNS = ["person_id", "user_id", "age", "age_band", "gender", "city", "region",
-                   "country", "urban", "device_type", "os", "locale", "signup_date",
-                   "marketing_opt_in", "first_seen", "last_seen"]
-TRAIT_RECORD_COLUMNS = ["record_id", "source", "observed_at", "user_id", "anonymous_id",
-                        "email_hash", "phone_hash", "consent_personalization", "traits",
-                        "source_file"]
 _TEXT_MAP = "map<string,string>"
 _TRUE, _FALSE = ["true", "yes", "y", "1", "t"], ["false", "no", "n", "0", "f"]
 
@@ -72,7 +65,7 @@ class TraitParams:
 
     pii_key: str
     now: datetime
-    custom_traits: dict[str, str] = field(default_factory=dict)  # name → one of TRAIT_TYPES
+    custom_traits: dict[str, str] = field(default_factory=dict)  # name → string|int|double|boolean|date
     ignored_traits: tuple[str, ...] = ()
     max_future_skew_minutes: int = 5
     default_phone_country_code: str = "1"
@@ -243,8 +236,8 @@ def check_trait_records(records: DataFrame, params: TraitParams) -> DataFrame:
 
 
 def trait_rows(checked: DataFrame, params: TraitParams) -> DataFrame:
-    """Accepted trait records as stored in traits/ (TRAIT_RECORD_COLUMNS), email and phone
-    hashed; one per record_id (of repeats the first by source file, then raw text)."""
+    """Accepted trait records as stored in traits/, email and phone hashed; one per record_id
+    (of repeats the first by source file, then raw text)."""
     first = Window.partitionBy("record_id").orderBy("source_file", F.xxhash64("raw"))
     accepted = (checked.where(F.col("reason").isNull())
                 .withColumn("_copy", F.row_number().over(first)).where(F.col("_copy") == 1))
@@ -321,7 +314,9 @@ def consented_persons(records: DataFrame, events: DataFrame, default_personaliza
 
 
 def build_profiles(records: DataFrame, events: DataFrame, params: ProfileParams) -> DataFrame:
-    """One row per consented person (PROFILE_COLUMNS, custom traits, trait_sources).
+    """One row per consented person: person_id, user_id, age, age_band, gender, city, region,
+    country, urban, device_type, os, locale, signup_date, marketing_opt_in, first_seen,
+    last_seen, the custom traits, trait_sources.
 
     `records` are traits/ rows and `events` canonical events, both with person_id. Each trait
     takes its most recent observation (ties: by source, then value); `trait_sources` maps each

@@ -176,9 +176,10 @@ def ingest(job: JobRun, input_uri: str, now: datetime | None = None) -> dict:
     for path_feeds, kind in ((feeds["crm"], "crm"), (feeds["catalogue"], "catalogue")):
         for feed in {feed.name: feed for _, feed in path_feeds}.values():
             paths = [path for path, f in path_feeds if f.name == feed.name]
-            ingest_feed = _ingest_crm if kind == "crm" else _ingest_catalogue
-            by_kind[f"{kind}:{feed.name}"] = ingest_feed(job, read_feed(job, paths, feed),
-                                                         feed, traits, now)
+            rows = read_feed(job, paths, feed)
+            by_kind[f"{kind}:{feed.name}"] = (_ingest_crm(job, rows, feed, traits, now)
+                                              if kind == "crm" else
+                                              _ingest_catalogue(job, rows, feed, now))
     counts = _totals(by_kind)
     _print_summary(job, counts)
     return counts
@@ -312,14 +313,14 @@ def _ingest_crm(job: JobRun, rows, feed: FeedConfig, traits, now: datetime) -> d
                           lambda c: trait_rows(c, traits), now)
 
 
-def _ingest_catalogue(job: JobRun, rows, feed, traits, now: datetime) -> dict:
+def _ingest_catalogue(job: JobRun, rows, feed, now: datetime) -> dict:
     from features.catalogue import FeedMapping, feed_records, item_rows
 
     mapping = FeedMapping(source=f"feed:{feed.name}", columns=dict(feed.columns),
                           attributes=tuple(feed.attributes),
                           category_separator=feed.category_separator,
                           date_format=feed.date_format, constants=dict(feed.constants))
-    return _merge_records(job, feed_records(rows, mapping, now), "item_feed", item_rows, now)
+    return _merge_records(job, feed_records(rows, mapping), "item_feed", item_rows, now)
 
 
 def _print_summary(job: JobRun, counts: dict) -> None:
