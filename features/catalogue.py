@@ -8,6 +8,7 @@ say (name, brand, categories, first seen, last price).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
@@ -60,7 +61,7 @@ def feed_records(rows: DataFrame, mapping: FeedMapping) -> DataFrame:
     """Feed rows (raw, source_file, `_m`, modified_at) as item records with `reason`."""
     m = F.col("_m")
     text = {name: _text(m, mapping, name) for name in FEED_FIELDS}
-    split = F.filter(F.transform(F.split(text["categories"], F.lit(mapping.category_separator), -1),
+    split = F.filter(F.transform(F.split(text["categories"], re.escape(mapping.category_separator)),
                                  lambda c: F.trim(c)), lambda c: c != "")
     categories = F.when(text["categories"].isNotNull(), split)
     category = F.coalesce(text["category"], F.element_at(categories, 1))

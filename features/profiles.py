@@ -335,12 +335,15 @@ def build_profiles(records: DataFrame, events: DataFrame, params: ProfileParams)
         F.map_from_entries(F.collect_list(F.struct("trait", F.struct(
             F.col("source"), F.col("observed_at").alias("updated_at"))))).alias("_sources"))
 
-    timeline = (personal.select("person_id", "event_id", "event_time", "user_id", "anonymous_id")
+    # A CRM row names the person's login but is not a sighting: its time is the export's.
+    timeline = (personal.select("person_id", "event_id", "event_time", "user_id", "anonymous_id",
+                                F.lit(True).alias("_sighting"))
                 .unionByName(records.select("person_id", F.col("record_id").alias("event_id"),
                                             F.col("observed_at").alias("event_time"),
-                                            "user_id", "anonymous_id")))
-    seen = timeline.groupBy("person_id").agg(F.min("event_time").alias("first_seen"),
-                                             F.max("event_time").alias("last_seen"))
+                                            "user_id", "anonymous_id",
+                                            (F.col("source") == "segment_identify").alias("_sighting"))))
+    seen = timeline.where("_sighting").groupBy("person_id").agg(
+        F.min("event_time").alias("first_seen"), F.max("event_time").alias("last_seen"))
     values, sources = F.col("_values"), F.col("_sources")
     age = values["age"].try_cast("int")
     urban = urban_of(values["postcode"], params.postcode_urban)
@@ -351,7 +354,7 @@ def build_profiles(records: DataFrame, events: DataFrame, params: ProfileParams)
         lambda k, v: v.isNotNull())
     custom = [_typed(values[name], sql_type).alias(name)
               for name, sql_type in params.custom_traits.items()]
-    return (allowed.join(primary_user_ids(timeline), "person_id", "left")
+    return (allowed.join(primary_user_ids(timeline.drop("_sighting")), "person_id", "left")
             .join(by_person, "person_id", "left").join(seen, "person_id", "left")
             .select(
                 "person_id", "user_id", age.alias("age"), age_band(age).alias("age_band"),

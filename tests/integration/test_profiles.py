@@ -146,7 +146,8 @@ def test_segment_crm_and_feed_to_profiles_catalogue_and_forget(spark, config, tm
     assert dana.trait_sources["city"].source == "crm:crm_customers"
     assert dana.trait_sources["city"].updated_at == datetime(2024, 3, 5)
     assert dana.trait_sources["age_band"].source == "segment_identify"
-    assert dana.first_seen == datetime(2024, 2, 1) and dana.last_seen == datetime(2024, 3, 5)  # CRM rows
+    # seen: events and identify calls, not CRM rows (their time is the export's)
+    assert dana.first_seen == datetime(2024, 3, 1, 9) and dana.last_seen == datetime(2024, 3, 3, 10)
     erin = profiles["erin"]
     assert (erin.age, erin.age_band, erin.device_type, erin.urban) == (24, "18-24", "android", None)
     gil = profiles["gil"]

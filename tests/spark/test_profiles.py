@@ -5,6 +5,7 @@ from datetime import date, datetime, timezone
 from pyspark.sql import functions as F
 
 from features.behaviour import BehaviourParams, behaviour_features
+from features.catalogue import FeedMapping, feed_records
 from features.profiles import (ProfileParams, TraitParams, age_band, build_profiles,
                                check_trait_records, crm_records)
 
@@ -94,3 +95,16 @@ def test_behaviour_uses_catalogue_release_dates_and_sale_prices(spark):
     with_catalogue = behaviour_features(events, params, catalogue).first()
     assert (without.new_arrival_purchase_share, without.discounted_purchase_share) == (1.0, 0.0)
     assert (with_catalogue.new_arrival_purchase_share, with_catalogue.discounted_purchase_share) == (0.5, 0.5)
+
+
+def test_feed_categories_split_on_a_literal_separator(spark):
+    rows = spark.createDataFrame([('{"id":"1","genres":"Animation|Children\'s|Comedy","year":"1995"}',)],
+                                 "raw string").select(
+        "raw", F.lit("items.csv").alias("source_file"),
+        F.from_json("raw", "map<string,string>").alias("_m"),
+        F.lit(datetime(2024, 5, 1)).alias("modified_at"))
+    mapping = FeedMapping(source="feed:ml", columns={"item_id": "id", "categories": "genres",
+                                                     "release_date": "year"})
+    item = feed_records(rows, mapping).first()
+    assert item.categories == ["Animation", "Children's", "Comedy"] and item.category == "Animation"
+    assert item.release_date == date(1995, 1, 1) and item.reason is None
