@@ -11,9 +11,10 @@ to personalization consent and to the as-of day):
   cart), `cart_to_purchase_rate` and `view_to_purchase_rate`;
 * `category_affinity`: the person's share of category-bearing events in each of the
   `top_categories` most active categories overall (null without any category);
-* purchases: `discounted_purchase_share` (a discount > 0 or a coupon) and
-  `new_arrival_purchase_share` (bought within `new_arrival_days` of the item's first
-  appearance in the events given);
+* purchases: `discounted_purchase_share` (a discount > 0, a coupon, or, where the catalogue
+  has a sale price below the list price, a price at or below the sale price) and
+  `new_arrival_purchase_share` (bought within `new_arrival_days` of the item's release date
+  in the catalogue, else of its first appearance in the events given);
 * e-mail: `email_campaigns_sent`, `email_open_rate`, `email_click_rate` per campaign
   (properties.campaign_id). Sends are not events, so a campaign counts as sent to a person
   when it went out (its first open or click by anyone) after their first event, or when they
@@ -101,17 +102,34 @@ def _campaigns_sent(first_event_time: Column, interacted: Column,
     return F.array_union(F.transform(later, lambda send: send["id"]), interacted)
 
 
-def behaviour_features(events: DataFrame, params: BehaviourParams) -> DataFrame:
-    """One row per person (see the module docstring); `events` need person_id."""
+def item_arrivals(events: DataFrame, catalogue: DataFrame | None) -> DataFrame:
+    """Per item: when it arrived (catalogue release date, else first event) and, with a
+    catalogue, its sale and list prices."""
+    first_seen = (events.where(F.col("item_id").isNotNull()).groupBy("item_id")
+                  .agg(F.min("event_time").alias("_first_event")))
+    if catalogue is None:
+        return first_seen.select("item_id", F.col("_first_event").alias("_item_first_seen"))
+    return first_seen.join(catalogue, "item_id", "left").select(
+        "item_id", F.coalesce(F.col("release_date").cast("timestamp"), "_first_event")
+        .alias("_item_first_seen"),
+        F.col("sale_price").alias("_sale_price"), F.col("price").alias("_list_price"))
+
+
+def behaviour_features(events: DataFrame, params: BehaviourParams,
+                       catalogue: DataFrame | None = None) -> DataFrame:
+    """One row per person (see the module docstring); `events` need person_id; `catalogue`
+    (catalogue/ rows) adds release dates and sale prices where it has them."""
     events = events.where(F.col("person_id").isNotNull())
     categories = top_categories(events, params.top_categories)
     sends = campaign_sends(events)
-    item_first_seen = (events.where(F.col("item_id").isNotNull()).groupBy("item_id")
-                       .agg(F.min("event_time").alias("_item_first_seen")))
+    item_first_seen = item_arrivals(events, catalogue)
 
     event_type = F.col("event_type")
     is_purchase = event_type == "purchase"
     discounted = (F.coalesce(F.col("discount"), F.lit(0.0)) > 0) | F.col("properties")["coupon"].isNotNull()
+    if catalogue is not None:
+        on_sale = (F.col("_sale_price") < F.col("_list_price")) & (F.col("price") <= F.col("_sale_price"))
+        discounted = discounted | F.coalesce(on_sale, F.lit(False))
     new_arrival = (F.col("event_time").cast("double") - F.col("_item_first_seen").cast("double")
                    <= params.new_arrival_days * 86400.0)
     age_days = F.greatest(F.lit(params.decay_from).cast("double") - F.col("event_time").cast("double"),

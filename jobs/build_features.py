@@ -132,7 +132,12 @@ def write_tables(job: JobRun, folder: str, personal, analytics, people, as_of: d
     job.say(f"RFM as of {as_of}: {persons_with_rfm} purchasing people" if persons_with_rfm
             else f"no purchases up to {as_of}: RFM is empty")
 
-    per_person(behaviour_features(personal, params), people).write.parquet(f"{folder}/behaviour")
+    catalogue_uri = job.storage.uri("catalogue")
+    catalogue = (spark.read.parquet(catalogue_uri).select("item_id", "release_date", "sale_price",
+                                                          "price")
+                 if job.storage.has_parquet(catalogue_uri) else None)
+    per_person(behaviour_features(personal, params, catalogue), people).write.parquet(
+        f"{folder}/behaviour")
     persons_with_behaviour = spark.read.parquet(f"{folder}/behaviour").count()
     job.say(f"behaviour: {persons_with_behaviour} people with consented events")
 

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
-from jobs import (analyze_experiment, apply_retention, build_features, build_service, forget_users,
-                  ingest_events, promote, resolve_identities, train_recommender, train_segments)
+from jobs import (analyze_experiment, apply_retention, build_catalogue, build_features, build_profiles,
+                  build_service, forget_users, ingest_events, promote, resolve_identities,
+                  train_recommender, train_segments)
 from jobs.config import REPO_ROOT, TailorConfig
 from jobs.runtime import JobError, config_options, execute, report_errors
 from jobs.storage import resolve_uri, upload_folder
@@ -25,6 +26,8 @@ main.add_command(ingest_events.main, "ingest")
 main.add_command(resolve_identities.main, "identities")
 main.add_command(apply_retention.main, "retention")
 main.add_command(forget_users.main, "forget")
+main.add_command(build_profiles.main, "profiles")
+main.add_command(build_catalogue.main, "catalogue")
 main.add_command(build_features.main, "features")
 main.add_command(train_recommender.main, "train")
 main.add_command(promote.main, "promote")
@@ -86,6 +89,7 @@ def import_dataset(config: TailorConfig, kind: str, path: str, output: str) -> N
 def ensure_sample(config: TailorConfig) -> str:
     """The generated sample dump used when the pipeline gets no --input (made once)."""
     from jobs.sample_data import write_sample
+    from jobs.sample_profiles import IDENTIFY_FILE, write_profile_inputs
 
     sample = config.sample
     folder = SAMPLE_DIR / f"sample-u{sample.users}-d{sample.days}-s{sample.seed}"
@@ -94,6 +98,8 @@ def ensure_sample(config: TailorConfig) -> str:
         folder.mkdir(parents=True, exist_ok=True)
         write_sample(folder, users=sample.users, days=sample.days, seed=sample.seed)
         marker.touch()
+    if not (folder / IDENTIFY_FILE).exists():  # also for samples made before profiles existed
+        write_profile_inputs(folder, users=sample.users, days=sample.days, seed=sample.seed)
     return str(folder)
 
 
@@ -114,6 +120,8 @@ def pipeline(config: TailorConfig, input_uri: str | None) -> None:
         ("ingest_events", lambda job: ingest_events.ingest(job, input_uri)),
         ("apply_retention", apply_retention.apply_retention),
         ("resolve_identities", resolve_identities.resolve),
+        ("build_profiles", build_profiles.build),
+        ("build_catalogue", build_catalogue.build),
         ("build_features", build_features.build),
         ("train_segments", train_segments.segment),
         ("train_recommender", train_recommender.train),
@@ -122,7 +130,8 @@ def pipeline(config: TailorConfig, input_uri: str | None) -> None:
         click.echo(f"== {name}")
         execute(name, config, body, spark=spark)
     root = resolve_uri(config.storage.root)
-    click.echo(f"\nOutputs under {root}: events/, quarantine/, identity/, features/, segments/, recommendations/, audit/")
+    click.echo(f"\nOutputs under {root}: events/, quarantine/, identity/, profiles/, catalogue/, "
+               "features/, segments/, recommendations/, audit/")
     click.echo(f"MLflow runs: {config.mlflow.tracking_uri}  (open the UI with `make mlflow-ui`)")
 
 

@@ -220,6 +220,38 @@ class ServingConfig(_Strict):
     default_k: int = Field(default=10, ge=1, le=100)
 
 
+TraitType = Literal["string", "int", "double", "boolean", "date"]
+
+
+class FeedConfig(_Strict):
+    """A column-mapped input file kind, recognised by its file name."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$")
+    match: str  # file-name glob, e.g. "users*.csv"
+    columns: dict[str, str]  # Tailor name → the file's column
+    constants: dict[str, str] = {}  # Tailor name → a value the file lacks
+    date_format: str | None = None  # e.g. MM/dd/yyyy; ISO dates are always read
+    csv_delimiter: str = ","
+
+
+class CatalogueFeedConfig(FeedConfig):
+    attributes: list[str] = []
+    category_separator: str = "|"
+
+
+class ProfilesConfig(_Strict):
+    crm_exports: list[FeedConfig] = []
+    custom_traits: dict[str, TraitType] = {}
+    ignored_traits: list[str] = []
+    postcode_urban: dict[str, bool] = {}
+
+
+class CatalogueConfig(_Strict):
+    feeds: list[CatalogueFeedConfig] = []
+    new_arrival_days: int = Field(default=30, ge=0)
+    new_arrival_slots: int = Field(default=2, ge=0)
+
+
 class TailorConfig(_Strict):
     storage: StorageConfig
     features: FeaturesConfig = FeaturesConfig()
@@ -235,6 +267,8 @@ class TailorConfig(_Strict):
     experiments: ExperimentsConfig = ExperimentsConfig()
     segmentation: SegmentationConfig = SegmentationConfig()
     serving: ServingConfig = ServingConfig()
+    profiles: ProfilesConfig = ProfilesConfig()
+    catalogue: CatalogueConfig = CatalogueConfig()
 
     def digest(self) -> str:
         """A short hash of the effective settings (secrets excluded), for the audit log."""

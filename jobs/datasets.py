@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import json
+import shutil
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -70,6 +71,9 @@ def cdnow_records(data_dir: Path) -> Iterator[str]:
             yield _ENCODE(record)
 
 
+# Files copied beside the events when present: MovieLens' users.csv is a CRM export and its
+# items.csv a catalogue feed, read by ingest through the mappings in conf/base.yaml.
+_COMPANIONS = {"movielens": ("users.csv", "items.csv")}
 _IMPORTERS: dict[str, tuple[str, Callable[[Path], Iterator[str]]]] = {
     "movielens": ("u.data", movielens_records),
     "cdnow": ("CDNOW_sample.txt", cdnow_records),
@@ -77,7 +81,8 @@ _IMPORTERS: dict[str, tuple[str, Callable[[Path], Iterator[str]]]] = {
 
 
 def import_dataset(kind: str, data_dir: Path, output_dir: Path) -> dict:
-    """Write `<kind>.jsonl.gz` into `output_dir`; returns the kind, the file and its record count."""
+    """Write `<kind>.jsonl.gz` (and copy its companion files) into `output_dir`; returns the
+    kind, the file and its record count."""
     if kind not in _IMPORTERS:
         raise ValueError(f"unknown dataset kind {kind!r}; expected one of: {', '.join(sorted(_IMPORTERS))}")
     source, records = _IMPORTERS[kind]
@@ -90,4 +95,7 @@ def import_dataset(kind: str, data_dir: Path, output_dir: Path) -> dict:
         for line in records(Path(data_dir)):
             out.write(line.encode() + b"\n")
             count += 1
+    for name in _COMPANIONS.get(kind, ()):
+        if (Path(data_dir) / name).is_file():
+            shutil.copyfile(Path(data_dir) / name, output_dir / name)
     return {"kind": kind, "path": str(path), "records": count}

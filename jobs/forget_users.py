@@ -7,7 +7,7 @@ A subject file holds one JSON object per line: {"user_id": …}, {"email": …} 
 (email and phone are normalized and hashed with TAILOR_PII_KEY before matching). Each subject
 is resolved to their person and all of that person's identifiers; their rows are removed from
 events, quarantine, identity and every per-person table (features/, segments/,
-recommendations/, profiles/). All new table versions are written first and swapped in only
+recommendations/, profiles/, traits/). All new table versions are written first and swapped in only
 when every one is complete, so a request is applied whole or not at all. The audit line holds
 the request id and counts per table, never an identifier; the persons' identifiers are added
 to suppression/ (under a key derived only for that list) so the service stops personalizing
@@ -33,7 +33,7 @@ from jobs.runtime import JobError, JobRun, config_options, execute, report_error
 from jobs.suppression import FOLDER as SUPPRESSION_FOLDER, write_list
 
 SUBJECT_KEYS = {"user_id", "email", "phone"}
-PERSON_TABLE_ROOTS = ["features", "segments", "recommendations", "profiles"]
+PERSON_TABLE_ROOTS = ["features", "segments", "recommendations", "profiles", "traits"]
 RECOMMENDER_MODEL = "tailor-recommender"
 
 

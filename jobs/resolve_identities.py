@@ -17,7 +17,8 @@ if __package__ in (None, ""):  # run as a file by spark-submit: make the checkou
 import click
 
 from features.consent import withdrawn_persons
-from features.identity import IDENTITY_COLUMNS, probabilistic_links, resolve_identities, with_person_id
+from features.identity import (IDENTIFIER_COLUMNS, IDENTITY_COLUMNS, probabilistic_links,
+                               resolve_identities, with_person_id)
 from jobs.config import TailorConfig
 from jobs.runtime import JobRun, config_options, execute, report_errors
 from jobs.suppression import FOLDER as SUPPRESSION_FOLDER, write_list
@@ -58,18 +59,36 @@ def stitched_links(job: JobRun, events):
     return links.select("a", "b")
 
 
+def with_trait_records(job: JobRun, events):
+    """The events' identifiers plus those of trait records (identify calls, CRM rows), so an
+    identify call with an anonymousId and a userId links them like an event would."""
+    from pyspark.sql import functions as F
+
+    traits_uri = job.storage.uri("traits")
+    if not job.storage.has_parquet(traits_uri):
+        return events
+    job.inputs.append(traits_uri)
+    columns = ["event_id", "event_time", *IDENTIFIER_COLUMNS]
+    traits = job.spark.read.parquet(traits_uri).select(
+        F.concat(F.lit("trait:"), "record_id").alias("event_id"),
+        F.col("observed_at").alias("event_time"), *IDENTIFIER_COLUMNS)
+    return traits if events is None else events.select(*columns).unionByName(traits)
+
+
 def resolve(job: JobRun) -> dict:
     from pyspark.sql import functions as F
 
     events_uri, identity_uri = job.storage.uri("events"), job.storage.uri("identity")
     job.inputs, job.outputs = [events_uri], [identity_uri]
-    if not job.storage.has_parquet(events_uri):
+    events = job.spark.read.parquet(events_uri) if job.storage.has_parquet(events_uri) else None
+    observations = with_trait_records(job, events)
+    if observations is None:
         job.say("no events yet: nothing to resolve")
         return {"persons": 0, "identifiers": 0}
-    events = job.spark.read.parquet(events_uri)
     settings = job.config.identity
-    links = stitched_links(job, events) if settings.stitching.enabled else None
-    result = resolve_identities(events, max_links=settings.max_links,
+    links = (stitched_links(job, events) if settings.stitching.enabled and events is not None
+             else None)
+    result = resolve_identities(observations, max_links=settings.max_links,
                                 max_rounds=settings.max_rounds, extra_links=links)
     job.storage.replace(identity_uri, lambda uri: result.identity.select(*IDENTITY_COLUMNS)
                         .write.parquet(uri), job.run_id)

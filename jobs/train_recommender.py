@@ -26,7 +26,7 @@ from jobs.inputs import resolved_events
 from jobs.runtime import JobRun, config_options, execute, report_errors
 
 RECOMMENDATION_SCHEMA = ("person_id string, user_id string, item_id string, rank int, "
-                         "score double, model_version string")
+                         "score double, model_version string, reason string")
 SIMILAR_ITEMS_SCHEMA = "item_id string, similar_item_id string, rank int, score double"
 
 
@@ -217,6 +217,7 @@ def publish(job: JobRun, client, spec: dict, decision, split, table: pd.DataFram
 
     recommendations = full.recommend(people["person_id"], k).merge(people, on="person_id")
     recommendations["model_version"] = version
+    recommendations = add_new_arrivals(job, recommendations, table, split.as_of)
     similar = full.similar_items(training.similar_items_k)
     target, gate = job.storage.uri("recommendations"), decision.as_dict(metric)
     try:
@@ -234,6 +235,28 @@ def publish(job: JobRun, client, spec: dict, decision, split, table: pd.DataFram
             f"to {job.storage.uri('recommendations')}")
     return {**gate, "metric": metric, "registered_model": name, "model_version": version,
             "recommendations": len(recommendations), "similar_items": len(similar)}
+
+
+def add_new_arrivals(job: JobRun, recommendations: pd.DataFrame, table: pd.DataFrame,
+                     as_of: pd.Timestamp) -> pd.DataFrame:
+    """The batch with catalogue items nobody has interacted with yet in the last slots of the
+    people who like their category (training/cold_start.py); `reason` tells them apart."""
+    from training.cold_start import category_preferences, new_arrivals, with_new_arrivals
+
+    settings, uri = job.config.catalogue, job.storage.uri("catalogue")
+    if not job.storage.has_parquet(uri):
+        return recommendations.assign(reason="model")
+    catalogue = job.spark.read.parquet(uri).select(
+        "item_id", "category", "categories", "release_date", "first_seen", "in_stock").toPandas()
+    weights = job.config.training.weights
+    liked = table[table["event_type"].map(lambda t: weights.get(t) == "rating"
+                                          or (weights.get(t) or 0) > 0)]
+    arrivals = new_arrivals(catalogue, table["item_id"], as_of, settings.new_arrival_days)
+    merged = with_new_arrivals(recommendations, category_preferences(liked, catalogue), arrivals,
+                               job.config.training.k, settings.new_arrival_slots)
+    job.say(f"cold start: {arrivals['item_id'].nunique()} new arrivals without interactions, "
+            f"{int((merged['reason'] == 'new_arrival').sum())} recommended")
+    return merged
 
 
 def write_batch(job: JobRun, folder: str, recommendations: pd.DataFrame,

@@ -22,8 +22,11 @@ def test_pipeline_on_a_small_generated_sample(tmp_path):
     assert any(root.joinpath("events").rglob("*.parquet"))
     runs = [json.loads(p.read_text()) for p in root.joinpath("audit").rglob("*.jsonl")]
     assert {r["job"] for r in runs} == {
-        "ingest_events", "apply_retention", "resolve_identities", "build_features", "train_segments",
-        "train_recommender"} and all(r["status"] == "succeeded" for r in runs)
+        "ingest_events", "apply_retention", "resolve_identities", "build_profiles",
+        "build_catalogue", "build_features", "train_segments", "train_recommender"} and all(
+        r["status"] == "succeeded" for r in runs)
+    assert any(root.joinpath("profiles").rglob("*.parquet"))
+    assert any(root.joinpath("catalogue").rglob("*.parquet"))
 
     assert PII_KEY not in result.stdout + result.stderr
     stored = [p for folder in (tmp_path, REPO / "var" / "mlartifacts") if folder.exists()
