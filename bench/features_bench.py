@@ -195,14 +195,23 @@ def measure(size: int, seed: int, env: dict) -> dict:
         run = run_measured([sys.executable, __file__, "--worker", name, "--events", str(events),
                             "--output", str(out)], env, WORK / "logs" / f"features-{name}-{size}")
         if run.returncode != 0:
-            raise SystemExit(f"{name} features at {size:,} failed: {run.stderr_tail.strip()[-500:]}")
+            raise SystemExit(f"{name} features at {size:,} failed: {run.error}")
         result[name] = {"wall_s": run.wall_s, "peak_rss": run.peak_rss, "cpu_s": run.cpu_s,
                         "load": [run.load_before, run.load_after],
                         **json.loads(run.stdout.strip().splitlines()[-1])}
         print(f"[features] {size:,}: {name} {run.wall_s:.0f}s, peak {run.peak_rss / GIB:.2f} GiB", flush=True)
     result["agreement"] = compare(WORK / f"features-spark-{size}", WORK / f"features-pandas-{size}")
     result["ratio"] = result["pandas"]["rfm_s"] / result["spark"]["rfm_s"]
+    result["measured_at"] = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
+    (WORK / f"features-{size}.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+def measured_results() -> list[dict]:
+    """The latest result of every size measured so far (bench/work/features-N.json), smallest
+    first: running one size alone keeps the others' figures in the report."""
+    results = [json.loads(path.read_text()) for path in WORK.glob("features-*.json")]
+    return sorted(results, key=lambda r: r["size"])
 
 
 def section(results: list[dict]) -> str:
@@ -211,17 +220,19 @@ def section(results: list[dict]) -> str:
         s, p = r["spark"], r["pandas"]
         rows.append(f"| {r['size']:,} | Spark local[2]: RFM + behaviour | {s['wall_s']:,.1f} | "
                     f"{s['startup_s']:,.1f} | {s['rfm_s']:,.1f} | {s['behaviour_s']:,.1f} | "
-                    f"{s['cpu_s']:,.0f} | {s['peak_rss'] / GIB:.2f} GiB | {s['load'][0]:.1f} → {s['load'][1]:.1f} |")
+                    f"{s['cpu_s']:,.0f} | {s['peak_rss'] / GIB:.2f} GiB | {s['load'][0]:.1f} → {s['load'][1]:.1f} | "
+                    f"{r['measured_at']} |")
         rows.append(f"| {r['size']:,} | pandas, one process: RFM | {p['wall_s']:,.1f} | – | {p['rfm_s']:,.1f} | – | "
-                    f"{p['cpu_s']:,.0f} | {p['peak_rss'] / GIB:.2f} GiB | {p['load'][0]:.1f} → {p['load'][1]:.1f} |")
-        rows.append(f"| {r['size']:,} | **RFM time ratio pandas ÷ Spark** | | | **{r['ratio']:.2f}** | | | | |")
+                    f"{p['cpu_s']:,.0f} | {p['peak_rss'] / GIB:.2f} GiB | {p['load'][0]:.1f} → {p['load'][1]:.1f} | "
+                    f"{r['measured_at']} |")
+        rows.append(f"| {r['size']:,} | **RFM time ratio pandas ÷ Spark** | | | **{r['ratio']:.2f}** | | | | | |")
     verdicts = []
     at_5m = [r for r in results if r["size"] >= 5_000_000]
     if at_5m:
         verdicts.append(f"- Spark ahead of pandas on RFM at {at_5m[0]['size']:,} events: "
                         f"**{'met' if at_5m[0]['ratio'] > 1 else 'NOT met'}** (ratio {at_5m[0]['ratio']:.2f}).")
     else:
-        verdicts.append("- Spark ahead of pandas at 5M events: **not measured in this run** "
+        verdicts.append("- Spark ahead of pandas at 5M events: **not measured yet** "
                         f"(largest size {results[-1]['size']:,}).")
     if len(results) > 1:
         small, big = results[0], results[-1]
@@ -245,8 +256,8 @@ def section(results: list[dict]) -> str:
         "includes start-up, the phase columns are timed inside the process (read + compute + write). "
         "Peak RSS is the process tree's (Python + JVM for Spark), sampled every 0.2 s.",
         "",
-        "| events | implementation | wall s | start-up s | RFM s | behaviour s | CPU s | peak RSS | load avg before → after |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| events | implementation | wall s | start-up s | RFM s | behaviour s | CPU s | peak RSS | load avg before → after | measured |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
         *rows,
         "",
         "Targets:",
@@ -277,8 +288,9 @@ def main(argv: list[str] | None = None) -> None:
     (WORK / "logs").mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable,
            "PYSPARK_DRIVER_PYTHON": sys.executable}
-    results = [measure(size, args.seed, env) for size in sorted(int(s) for s in args.sizes.split(","))]
-    write_section(args.out, "features", section(results))
+    for size in sorted(int(s) for s in args.sizes.split(",")):
+        measure(size, args.seed, env)
+    write_section(args.out, "features", section(measured_results()))
     print(f"[features] wrote {args.out}", flush=True)
 
 
