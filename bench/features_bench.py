@@ -158,7 +158,8 @@ def spark_worker(events: Path, out: Path) -> dict:
         half_life_days=config.features.half_life_days,
         new_arrival_days=config.features.new_arrival_days,
         top_categories=config.features.top_categories,
-        event_types=tuple(config.ingest.event_types), channels=tuple(config.features.channels))
+        event_types=tuple(config.ingest.event_types), channels=tuple(config.features.channels),
+        device_types=tuple(config.features.device_types))
     behaviour_features(frame, params).write.mode("overwrite").parquet(str(out / "behaviour"))
     done = time.monotonic()
     counts = {"rfm_rows": spark.read.parquet(str(out / "rfm")).count(),

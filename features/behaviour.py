@@ -14,12 +14,18 @@ to personalization consent and to the as-of day):
 * purchases: `discounted_purchase_share` (a discount > 0, a coupon, or, where the catalogue
   has a sale price below the list price, a price at or below the sale price) and
   `new_arrival_purchase_share` (bought within `new_arrival_days` of the item's release date
-  in the catalogue, else of its first appearance in the events given);
+  in the catalogue, else of its first appearance in `item_events`: the job passes every event,
+  whatever its consent, because when an item first showed up is a fact about the item (only
+  the earliest time per item leaves those events, nothing about anyone), and an item first
+  seen by someone without personalization consent had still arrived then);
 * e-mail: `email_campaigns_sent`, `email_open_rate`, `email_click_rate` per campaign
   (properties.campaign_id). Sends are not events, so a campaign counts as sent to a person
   when it went out (its first open or click by anyone) after their first event, or when they
   opened or clicked it;
-* devices and channels: `devices` (distinct anonymous ids) and `channel_share_<channel>`.
+* devices and channels: `devices` (distinct anonymous ids), `device_share_<type>` for each of
+  `device_types` (share of the person's events whose properties.device_type — from a Segment
+  call's context, lower-cased — is that type, among their events that carry one) and
+  `channel_share_<channel>` (share of all their events).
 
 Rates and shares are null where their denominator is zero.
 """
@@ -43,6 +49,7 @@ class BehaviourParams:
     top_categories: int
     event_types: tuple[str, ...]
     channels: tuple[str, ...] = ("web", "app", "email")
+    device_types: tuple[str, ...] = ("desktop", "mobile", "tablet", "ios", "android")
 
 
 def _ratio(numerator: Column, denominator: Column) -> Column:
@@ -116,13 +123,15 @@ def item_arrivals(events: DataFrame, catalogue: DataFrame | None) -> DataFrame:
 
 
 def behaviour_features(events: DataFrame, params: BehaviourParams,
-                       catalogue: DataFrame | None = None) -> DataFrame:
+                       catalogue: DataFrame | None = None,
+                       item_events: DataFrame | None = None) -> DataFrame:
     """One row per person (see the module docstring); `events` need person_id; `catalogue`
-    (catalogue/ rows) adds release dates and sale prices where it has them."""
+    (catalogue/ rows) adds release dates and sale prices where it has them; `item_events`
+    (default `events`) date each item's first appearance."""
     events = events.where(F.col("person_id").isNotNull())
     categories = top_categories(events, params.top_categories)
     sends = campaign_sends(events)
-    item_first_seen = item_arrivals(events, catalogue)
+    item_first_seen = item_arrivals(events if item_events is None else item_events, catalogue)
 
     event_type = F.col("event_type")
     is_purchase = event_type == "purchase"
@@ -135,6 +144,7 @@ def behaviour_features(events: DataFrame, params: BehaviourParams,
     age_days = F.greatest(F.lit(params.decay_from).cast("double") - F.col("event_time").cast("double"),
                           F.lit(0.0)) / 86400.0
     campaign = F.col("properties")["campaign_id"]
+    device_type = F.lower(F.trim(F.col("properties")["device_type"]))
 
     totals = events.join(item_first_seen, "item_id", "left").groupBy("person_id").agg(
         F.count("*").alias("events"),
@@ -151,6 +161,8 @@ def behaviour_features(events: DataFrame, params: BehaviourParams,
         *[F.collect_set(F.when(event_type == t, campaign)).alias(f"_{action}s")
           for action, t in EMAIL_ACTIONS.items()],
         F.count_distinct("anonymous_id").alias("devices"),
+        _count_if(device_type.isNotNull() & (device_type != "")).alias("_device_typed"),
+        *[_count_if(device_type == d).alias(f"_device_{i}") for i, d in enumerate(params.device_types)],
         *[_count_if(F.col("channel") == c).alias(f"_channel_{c}") for c in params.channels])
 
     affinity = F.create_map(*[part for i, c in enumerate(categories) for part in
@@ -169,6 +181,8 @@ def behaviour_features(events: DataFrame, params: BehaviourParams,
         _ratio(F.size("_opens"), sent).alias("email_open_rate"),
         _ratio(F.size("_clicks"), sent).alias("email_click_rate"),
         "devices",
+        *[_ratio(F.col(f"_device_{i}"), F.col("_device_typed")).alias(f"device_share_{d}")
+          for i, d in enumerate(params.device_types)],
         *[_ratio(F.col(f"_channel_{c}"), F.col("events")).alias(f"channel_share_{c}")
           for c in params.channels])
     return (features.join(session_funnel(events), "person_id", "left")

@@ -4,8 +4,9 @@
     tailor features [--conf …] [--set …] [--as-of DATE]
 
 Per-person tables use personalization-consented events only and carry person_id (from
-identity/ where identity resolution has run) and the person's primary user_id; cohorts are an
-aggregate and use analytics-consented events. "As of DATE" includes that whole day (default:
+identity/ where identity resolution has run) and the person's primary user_id (only an item's
+first appearance, a fact about the item, is taken from every event); cohorts are an aggregate
+and use analytics-consented events. "As of DATE" includes that whole day (default:
 the day of the latest event); time decay is measured from the end of that day, or by default
 from the latest event. The whole features/ folder is written beside the old one and swapped in
 at the end, so a failed run leaves the previous features readable. One MLflow run records the
@@ -87,7 +88,8 @@ def build(job: JobRun, as_of: date | None = None) -> dict:
                              new_arrival_days=settings.new_arrival_days,
                              top_categories=settings.top_categories,
                              event_types=tuple(job.config.ingest.event_types),
-                             channels=tuple(settings.channels))
+                             channels=tuple(settings.channels),
+                             device_types=tuple(settings.device_types))
     target = job.storage.uri("features")
     job.outputs = [target]
     tracking.open_experiment(job.config.mlflow.tracking_uri, job.config.mlflow.experiment, Path.cwd())
@@ -107,7 +109,7 @@ def build(job: JobRun, as_of: date | None = None) -> dict:
             def write(folder: str) -> None:
                 counts.update(write_tables(job, folder, personal,
                                            analytics_events(events).where(up_to_as_of), people,
-                                           as_of, params))
+                                           as_of, params, events.where(up_to_as_of)))
                 mlflow.log_metrics(summary_metrics(counts))
 
             job.storage.replace(target, write, job.run_id)
@@ -119,8 +121,9 @@ def build(job: JobRun, as_of: date | None = None) -> dict:
 
 
 def write_tables(job: JobRun, folder: str, personal, analytics, people, as_of: date,
-                 params: BehaviourParams) -> dict:
-    """Write the four tables under `folder`, log the cohort heatmap; returns what was written."""
+                 params: BehaviourParams, every_event) -> dict:
+    """Write the four tables under `folder`, log the cohort heatmap; returns what was written.
+    `every_event` (any consent) only dates the items' first appearance."""
     from training import tracking
 
     spark, settings = job.spark, job.config.features
@@ -136,8 +139,8 @@ def write_tables(job: JobRun, folder: str, personal, analytics, people, as_of: d
     catalogue = (spark.read.parquet(catalogue_uri).select("item_id", "release_date", "sale_price",
                                                           "price")
                  if job.storage.has_parquet(catalogue_uri) else None)
-    per_person(behaviour_features(personal, params, catalogue), people).write.parquet(
-        f"{folder}/behaviour")
+    behaviour = behaviour_features(personal, params, catalogue, item_events=every_event)
+    per_person(behaviour, people).write.parquet(f"{folder}/behaviour")
     persons_with_behaviour = spark.read.parquet(f"{folder}/behaviour").count()
     job.say(f"behaviour: {persons_with_behaviour} people with consented events")
 

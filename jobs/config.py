@@ -151,6 +151,7 @@ class FeaturesConfig(_Strict):
     new_arrival_days: int = Field(default=14, ge=0)
     top_categories: int = Field(default=10, gt=0)
     channels: list[str] = ["web", "app", "email"]
+    device_types: list[str] = ["desktop", "mobile", "tablet", "ios", "android"]
     embedding_dims: int = Field(default=16, gt=0)
     seed: int = 42
 

@@ -2,7 +2,10 @@
 
 ann (user "ann") browses on the web and in the app and reads e-mail; bob (anonymous "cb1")
 came a month earlier. cat has no personalization consent: she must get no row, and her early
-events (an earlier view of X3, an earlier open of c3) must not change ann's answers.
+open of c3 must not change ann's answers. Her early view of X3 does, deliberately: an item's
+first appearance is a fact about the item, taken from every event whatever its consent (only
+the earliest time per item leaves them), so X3 arrived on 1 January and ann's purchase of it
+in March is no new arrival.
 """
 from datetime import datetime, timezone
 
@@ -33,6 +36,7 @@ def event(event_id, event_type, time, channel, user=None, anon=None, session=Non
             discount, properties or {}, consent, True)
 
 
+IOS = {"device_type": "ios"}
 EVENTS = [
     # ann, web session s1: view -> cart -> purchase of X1 (a coupon, first seen by bob in Feb)
     event("a1", "page_view", "2024-03-01 10:00:00", "web", "ann", "ca1", "s1"),
@@ -41,12 +45,18 @@ EVENTS = [
     event("a4", "purchase", "2024-03-01 10:02:00", "web", "ann", "ca1", "s1", "X1", "shoes", 50.0,
           properties={"coupon": "SPRING"}),
     # ann, app session s2: views and a cart, no purchase
-    event("a5", "app_open", "2024-03-06 12:00:00", "app", "ann", "app1", "s2"),
-    event("a6", "view_item", "2024-03-06 12:00:10", "app", "ann", "app1", "s2", "X2", "books"),
-    event("a7", "view_item", "2024-03-06 12:01:10", "app", "ann", "app1", "s2", "X3", "shoes"),
-    event("a8", "add_to_cart", "2024-03-06 12:01:40", "app", "ann", "app1", "s2", "X3", "shoes"),
-    # ann, web session s3: one view; then X3 bought without a session, 3.9 days after it appeared
-    event("a9", "view_item", "2024-03-10 09:00:00", "web", "ann", "ca1", "s3", "X2", "books"),
+    # (the app's Segment calls carry context.device.type: ios; one says so in capitals)
+    event("a5", "app_open", "2024-03-06 12:00:00", "app", "ann", "app1", "s2", properties=IOS),
+    event("a6", "view_item", "2024-03-06 12:00:10", "app", "ann", "app1", "s2", "X2", "books",
+          properties=IOS),
+    event("a7", "view_item", "2024-03-06 12:01:10", "app", "ann", "app1", "s2", "X3", "shoes",
+          properties=IOS),
+    event("a8", "add_to_cart", "2024-03-06 12:01:40", "app", "ann", "app1", "s2", "X3", "shoes",
+          properties={"device_type": " IOS"}),
+    # ann, web session s3: one view from a desktop; then X3 bought without a session, 3.9 days
+    # after ann first saw it but 69 days after cat did
+    event("a9", "view_item", "2024-03-10 09:00:00", "web", "ann", "ca1", "s3", "X2", "books",
+          properties={"device_type": "desktop"}),
     event("a10", "purchase", "2024-03-10 09:05:00", "web", "ann", "ca1", None, "X3", "shoes", 30.0, 0.0),
     # ann's e-mail: opens c1 and c2, clicks c1; c3 went out after her first event, unopened
     event("a11", "email_open", "2024-03-02 08:00:00", "email", "ann", properties={"campaign_id": "c1"}),
@@ -80,9 +90,10 @@ EXPECTED = {
         "sessions": 3, "mean_session_seconds": (120 + 100 + 0) / 3,
         "view_to_cart_rate": 2 / 3, "cart_to_purchase_rate": 1 / 2, "view_to_purchase_rate": 1 / 3,
         "category_affinity": {"shoes": 6 / 8, "books": 2 / 8},
-        "discounted_purchase_share": 1 / 2, "new_arrival_purchase_share": 1 / 2,
+        "discounted_purchase_share": 1 / 2, "new_arrival_purchase_share": 0.0,
         "email_campaigns_sent": 3, "email_open_rate": 2 / 3, "email_click_rate": 1 / 3,
-        "devices": 2, "channel_share_web": 6 / 13, "channel_share_app": 4 / 13,
+        "devices": 2, "device_share_ios": 4 / 5, "device_share_desktop": 1 / 5,
+        "device_share_mobile": 0.0, "channel_share_web": 6 / 13, "channel_share_app": 4 / 13,
         "channel_share_email": 3 / 13,
     },
     "cb1": {
@@ -93,15 +104,18 @@ EXPECTED = {
         "category_affinity": {"shoes": 0.5, "books": 0.0},
         "discounted_purchase_share": 1.0, "new_arrival_purchase_share": 1.0,
         "email_campaigns_sent": 4, "email_open_rate": 0.5, "email_click_rate": 0.0,
-        "devices": 1, "channel_share_web": 0.5, "channel_share_app": 0.0, "channel_share_email": 0.5,
+        "devices": 1, "device_share_ios": None, "device_share_desktop": None,
+        "channel_share_web": 0.5, "channel_share_app": 0.0, "channel_share_email": 0.5,
     },
 }
 
 
 @pytest.fixture(scope="module")
 def rows(spark):
-    events = personalization_events(with_person_id(spark.createDataFrame(EVENTS, SCHEMA)))
-    return {row.person_id: row.asDict() for row in behaviour_features(events, PARAMS).collect()}
+    every_event = with_person_id(spark.createDataFrame(EVENTS, SCHEMA))
+    features = behaviour_features(personalization_events(every_event), PARAMS,
+                                  item_events=every_event)
+    return {row.person_id: row.asDict() for row in features.collect()}
 
 
 def test_one_row_per_consented_person(rows):
