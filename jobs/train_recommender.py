@@ -4,7 +4,7 @@
     tailor train [--conf …] [--set …]
 
 Reads consented, identity-resolved events/, shrinks them in Spark to one row per
-(person, item, event type), and does the rest in memory with training/: split, optional
+(person, item, event type, day), and does the rest in memory with training/: split, optional
 tuning (nested MLflow runs), baselines, the champion gate, a refit on all data registered as
 `training.registry.model_name`, and recommendations/ (+ similar_items/) swapped in whole.
 """
@@ -67,7 +67,8 @@ def read_events(job: JobRun):
 
 
 def collect(job: JobRun, events) -> tuple[pd.DataFrame, pd.DataFrame, str]:
-    """The (person, item, event type) table, each person's primary user_id, the events digest."""
+    """The (person, item, event type, day) table, each person's primary user_id, the events
+    digest."""
     from pyspark import StorageLevel
 
     from training.spark_interactions import fingerprint, item_interactions

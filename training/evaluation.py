@@ -7,8 +7,9 @@ than scoring its stored artifact) is what makes the comparison fair: the stored 
 fitted on ALL data of its day, test pairs of this split included, so its artifact has either
 seen the answers (factor models score them high) or treats them as history (and excludes them).
 
-The events table has one row per (person_id, item_id, event_type) with columns event_time and
-value (the rating of ``rate`` rows), as the training job collects it from Spark.
+The events table has one row per (person_id, item_id, event_type, day) with columns
+event_time, value (the rating of ``rate`` rows) and event_count, as the training job collects
+it from Spark (training/spark_interactions.py); one row per event works too.
 """
 
 from __future__ import annotations

@@ -83,12 +83,16 @@ def build_interactions(
 ) -> Interactions:
     """Sum weighted events per (person, item) into a confidence matrix.
 
-    ``events`` has columns person_id, item_id, event_type, event_time and, when a weight is
+    ``events`` has columns person_id, item_id, event_type, event_time, optionally
+    event_count (a row standing for that many events of its type, as
+    ``training.spark_interactions`` collects them; default 1) and, when a weight is
     ``"rating"``, value. Steps, in order:
 
     1. keep events whose type has a weight (others say nothing about taste) and, when
        ``as_of`` is given, happened at or before it;
-    2. weigh each event by its type, or by its ``value`` for ``"rating"`` types;
+    2. weigh each row by its type times its event_count, so repeated views or purchases add
+       up; for ``"rating"`` types by its ``value``, and only a person's latest rating of an
+       item counts (re-rating replaces the old rating, it doesn't add to it);
     3. with ``half_life_days``, multiply by 0.5 ** (age / half_life), age measured from
        ``as_of`` (default: the latest event), so old interest fades;
     4. sum per (person, item); pairs whose total is not positive are dropped (e.g. an add to
@@ -140,12 +144,27 @@ def build_interactions(
 
 def _event_weights(df: pd.DataFrame, weights: Mapping[str, float | str]) -> np.ndarray:
     by_type = df["event_type"].map({t: w for t, w in weights.items() if w != RATING})
-    rated = df["event_type"].isin([t for t, w in weights.items() if w == RATING])
+    if "event_count" in df:
+        by_type = by_type * df["event_count"]
+    confidence = by_type.fillna(0.0).to_numpy(dtype=np.float64)
+    rated = df["event_type"].isin([t for t, w in weights.items() if w == RATING]).to_numpy()
     if rated.any():
         if "value" not in df:
             raise ValueError(f"{RATING!r} weights need a 'value' column")
-        by_type = by_type.where(~rated, pd.to_numeric(df["value"], errors="coerce"))
-    return by_type.fillna(0.0).to_numpy(dtype=np.float64)
+        rating = pd.to_numeric(df["value"], errors="coerce").to_numpy(dtype=np.float64)
+        confidence[rated] = 0.0
+        latest = _latest_per_pair(df, np.flatnonzero(rated & ~np.isnan(rating)))
+        confidence[latest] = rating[latest]
+    return confidence
+
+
+def _latest_per_pair(df: pd.DataFrame, positions: np.ndarray) -> np.ndarray:
+    """Of the rows at ``positions``, the latest one per (person, item, event type)."""
+    keys = ["person_id", "item_id", "event_type"]
+    rows = df.iloc[positions][keys].reset_index(drop=True)
+    rows["at"] = pd.to_datetime(df["event_time"].iloc[positions], utc=True).to_numpy()
+    ordered = rows.sort_values("at", kind="stable")
+    return positions[ordered.index[~ordered.duplicated(keys, keep="last")]]
 
 
 def _positions(ids: pd.Series, space: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:

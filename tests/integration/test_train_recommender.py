@@ -258,6 +258,52 @@ def test_relative_sqlite_store_keeps_runs_and_artifacts_under_var(tmp_path):
         shutil.rmtree(tmp_path / "var", ignore_errors=True)
 
 
+def test_repeated_events_add_up_and_only_the_latest_rating_counts(spark):
+    """Three views (two on one day, one the next) and a purchase of m; m rated 2, then 5."""
+    from training.interactions import build_interactions
+    from training.spark_interactions import item_interactions
+
+    rows = canonical([
+        {"user": "a", "item": "m", "hour": 0}, {"user": "a", "item": "m", "hour": 1},
+        {"user": "a", "item": "m", "hour": 30},
+        {"user": "a", "type": "purchase", "item": "m", "hour": 31},
+        {"user": "a", "type": "rate", "item": "n", "props": {"rating": "2"}, "hour": 2},
+        {"user": "a", "type": "rate", "item": "n", "props": {"rating": "5"}, "hour": 40},
+    ])
+    events = spark.createDataFrame(rows, EVENT_SCHEMA).withColumn("person_id", F.col("user_id"))
+    table = item_interactions(events).toPandas()
+    views = table[table.event_type == "view_item"].sort_values("event_time")
+    assert views.event_count.tolist() == [2, 1]  # one row per day
+    matrix = build_interactions(table, {"view_item": 1.0, "purchase": 5.0, "rate": "rating"})
+    confidence = dict(zip(matrix.item_ids, matrix.matrix.toarray()[0]))
+    assert confidence == {"m": 3 * 1.0 + 5.0, "n": 5.0}
+
+
+def test_logged_input_digest_follows_the_events(spark, tmp_path):
+    """The digest logged with mlflow.log_input changes when any event does, not with order."""
+    from training.spark_interactions import fingerprint, item_interactions
+
+    rows = canonical(two_tastes(6, 4))
+    changed = rows[:-1] + [rows[-1][:9] + ("i99",) + rows[-1][10:]]
+    digests = []
+    tracking.open_experiment(f"sqlite:///{tmp_path}/mlflow.db", "digests", cwd=tmp_path)
+    try:
+        for variant in (rows, rows[::-1], changed, rows[:-1]):
+            events = spark.createDataFrame(variant, EVENT_SCHEMA).withColumn(
+                "person_id", F.col("user_id"))
+            digest = tracking.events_digest(*fingerprint(events))
+            with mlflow.start_run() as run:
+                tracking.log_events_input(item_interactions(events).toPandas(),
+                                          str(tmp_path / "events"), digest, name="events")
+            (logged,) = mlflow.get_run(run.info.run_id).inputs.dataset_inputs
+            assert logged.dataset.digest == digest
+            digests.append(digest)
+    finally:
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+    assert digests[0] == digests[1] and len(set(digests)) == 3
+
+
 def test_interaction_table_keeps_the_latest_rating(spark):
     from training.spark_interactions import item_interactions
 

@@ -48,6 +48,24 @@ def test_event_weights_are_summed_per_pair(events):
     assert inter.matrix.dtype == np.float32 and sp.isspmatrix_csr(inter.matrix)
 
 
+def test_event_counts_multiply_their_weight():
+    """A collected row standing for three views weighs as three view rows do."""
+    rows = _events([("a", "x", "view_item", _day(0), None), ("a", "x", "purchase", _day(0), None)])
+    counted = build_interactions(rows.assign(event_count=[3, 2]), WEIGHTS)
+    assert _dense(counted).loc["a", "x"] == 3 * 1 + 2 * 5
+
+
+def test_only_the_latest_rating_of_an_item_counts():
+    rows = _events([
+        ("b", "y", "rate", _day(1), 5.0),
+        ("b", "y", "rate", _day(0), 2.0),   # older, listed later: replaced, not added
+        ("b", "z", "rate", _day(0), 3.0),
+        ("b", "z", "rate", _day(1), "n/a"),  # a later rating that isn't a number is ignored
+    ])
+    dense = _dense(build_interactions(rows.assign(event_count=2), WEIGHTS))
+    assert dense.loc["b", "y"] == 5 and dense.loc["b", "z"] == 3  # counts don't scale ratings
+
+
 def test_half_life_decays_from_latest_event_by_default(events):
     dense = _dense(build_interactions(events, WEIGHTS, half_life_days=1.0))
     # latest event is day 2: views at age 2 and 1 days, purchase at age 0
