@@ -4,10 +4,11 @@ A rule is a name, a description and a list of conditions that must all hold (`wh
 
     rules:
       browse_cart_email_48h:
-        description: viewed an item, added to cart and clicked a campaign e-mail within 48 hours
+        description: viewed an item, added it to the cart and clicked a campaign e-mail within 48h
         when:
           - sequence: [view_item, add_to_cart, email_click]   # in this order
             within: 48h                                        # first step to last, inclusive
+            same_item: true                                    # the view and the cart: one item
       champions_gone_quiet:
         when:
           - field: rfm.rfm_segment
@@ -16,8 +17,11 @@ A rule is a name, a description and a list of conditions that must all hold (`wh
             at_most: 0
             in_last: 30d
 
-Conditions: `sequence` (steps in order, each at or after the previous, the last within
-`within` of the first; optional `in_last`: completed in that window), `count` (an event type
+Conditions: `sequence` (steps in order, each its own event at or after the previous one —
+events at the same instant count in step order — the last within `within` of the first;
+optional `in_last`: completed in that window; `same_item: true`: every step of an item event
+type, such as view_item and add_to_cart, on one and the same item, the other steps on anything),
+`count` (an event type
 with `at_least` and/or `at_most`, optionally `in_last`), and `field` (`rfm.…`, `behaviour.…`
 or `profile.…` with one of `equals`, `not_equals`, `in`, `at_least`, `at_most`). Durations are
 `<number><s|m|h|d|w>`. Windows end at the as-of time and include it; `in_last: 90d` means
@@ -66,6 +70,7 @@ class Sequence:
     steps: tuple[str, ...]
     within: timedelta
     in_last: timedelta | None = None
+    same_item_types: tuple[str, ...] = ()  # with same_item: the step types bound to one item
 
 
 @dataclass(frozen=True)
@@ -94,11 +99,12 @@ class Rule:
         return {c.table for c in self.conditions if isinstance(c, Field)}
 
 
-def known_fields(event_types, channels, profile_traits=()) -> dict[str, set[str]]:
+def known_fields(event_types, channels, profile_traits=(), device_types=()) -> dict[str, set[str]]:
     """The fields a rule may name, per table (behaviour's columns follow the config)."""
     return {"rfm": set(RFM_COLUMNS) - {"person_id"},
             "behaviour": {*BEHAVIOUR_FIELDS, *(f"events_{t}" for t in event_types),
-                          *(f"channel_share_{c}" for c in channels)},
+                          *(f"channel_share_{c}" for c in channels),
+                          *(f"device_share_{d}" for d in device_types)},
             "profile": {*PROFILE_FIELDS, *profile_traits}}
 
 
@@ -128,7 +134,21 @@ def _count_bound(spec: dict, key: str, where: str) -> int | None:
     return value
 
 
-def parse_condition(spec, event_types, fields: dict[str, set[str]], where: str):
+def _same_item_types(same_item, steps: tuple[str, ...], item_event_types, where: str) -> tuple[str, ...]:
+    """The step types `same_item` binds to one item: the item event types among the steps."""
+    if not isinstance(same_item, bool):
+        raise RuleError(f"{where}: same_item is true or false, got {same_item!r}")
+    if not same_item:
+        return ()
+    bound = [s for s in steps if s in set(item_event_types)]
+    if len(bound) < 2:
+        raise RuleError(f"{where}: same_item needs two or more steps of item event types "
+                        f"({', '.join(sorted(item_event_types))}), got {', '.join(steps)}")
+    return tuple(dict.fromkeys(bound))
+
+
+def parse_condition(spec, event_types, fields: dict[str, set[str]], where: str,
+                    item_event_types=()):
     if not isinstance(spec, dict):
         raise RuleError(f"{where}: a condition is a mapping with sequence, count or field")
     kinds = [k for k in ("sequence", "count", "field") if k in spec]
@@ -136,14 +156,16 @@ def parse_condition(spec, event_types, fields: dict[str, set[str]], where: str):
         raise RuleError(f"{where}: a condition needs exactly one of sequence, count, field")
     in_last = parse_duration(spec["in_last"], where) if spec.get("in_last") is not None else None
     if kinds[0] == "sequence":
-        _keys(spec, {"sequence", "within", "in_last"}, where)
+        _keys(spec, {"sequence", "within", "in_last", "same_item"}, where)
         steps = spec["sequence"]
         if not isinstance(steps, list) or len(steps) < 2:
             raise RuleError(f"{where}: sequence needs a list of at least two event types")
         if "within" not in spec:
             raise RuleError(f"{where}: sequence needs `within` (e.g. 48h)")
-        return Sequence(tuple(_event(s, event_types, where) for s in steps),
-                        parse_duration(spec["within"], where), in_last)
+        steps = tuple(_event(s, event_types, where) for s in steps)
+        return Sequence(steps, parse_duration(spec["within"], where), in_last,
+                        _same_item_types(spec.get("same_item", False), steps, item_event_types,
+                                         where))
     if kinds[0] == "count":
         _keys(spec, {"count", "at_least", "at_most", "in_last"}, where)
         at_least, at_most = _count_bound(spec, "at_least", where), _count_bound(spec, "at_most", where)
@@ -164,8 +186,9 @@ def parse_condition(spec, event_types, fields: dict[str, set[str]], where: str):
     return Field(table, column, operators[0], value)
 
 
-def parse_rules(raw: dict, event_types, fields: dict[str, set[str]]) -> list[Rule]:
-    """Rules from the YAML mapping {"rules": {name: {description, when: [...]}}}, validated."""
+def parse_rules(raw: dict, event_types, fields: dict[str, set[str]], item_event_types=()) -> list[Rule]:
+    """Rules from the YAML mapping {"rules": {name: {description, when: [...]}}}, validated;
+    `item_event_types` are the event types that carry an item (for `same_item`)."""
     if not isinstance(raw, dict) or set(raw) - {"rules"}:
         raise RuleError("segments: the file holds one top-level key, `rules`")
     rules = []
@@ -178,7 +201,8 @@ def parse_rules(raw: dict, event_types, fields: dict[str, set[str]]) -> list[Rul
         if not isinstance(conditions, list) or not conditions:
             raise RuleError(f"{where}: `when` needs a list of conditions")
         rules.append(Rule(str(name), str(spec.get("description", "")), tuple(
-            parse_condition(c, set(event_types), fields, f"{where}, condition {i + 1}")
+            parse_condition(c, set(event_types), fields, f"{where}, condition {i + 1}",
+                            item_event_types)
             for i, c in enumerate(conditions))))
     return rules
 
@@ -201,16 +225,31 @@ def sequence_members(events: DataFrame, rule: Sequence, as_of: datetime) -> Data
     """(person_id, since): the first completion of the steps in order within `rule.within`.
 
     One window pass per step: each event of step i carries the latest start of a valid partial
-    sequence ending at or before it (the latest start leaves the most room for the rest).
+    sequence ending at an earlier event (the latest start leaves the most room for the rest).
+    Events are ordered by time, then by their type's first place among the steps, and the
+    frame ends at the row before, so each step needs its own event. With `same_item`, the
+    item steps run per (person, item) and every other step's event joins each of the person's
+    items once.
     """
     steps = events.where(F.col("event_type").isin(*rule.steps) & (F.col("event_time") <= F.lit(as_of)))
-    steps = steps.select("person_id", "event_type", "event_time", _micros("event_time").alias("t"))
+    steps = steps.select("person_id", "event_type", "event_time", _micros("event_time").alias("t"),
+                         *(["item_id"] if rule.same_item_types else []))
+    keys = ["person_id"]
+    if rule.same_item_types:
+        bound = F.col("event_type").isin(*rule.same_item_types)
+        on_items = steps.where(bound & F.col("item_id").isNotNull())
+        items = on_items.select("person_id", F.col("item_id").alias("_item")).distinct()
+        steps = on_items.withColumn("_item", F.col("item_id")).unionByName(
+            steps.where(~bound).join(items, "person_id")).drop("item_id")
+        keys.append("_item")
+    first_place = F.array_position(F.array(*[F.lit(step) for step in rule.steps]), F.col("event_type"))
+    earlier = (Window.partitionBy(*keys).orderBy("t", "_place")
+               .rowsBetween(Window.unboundedPreceding, -1))
     within = int(rule.within.total_seconds() * 1_000_000)
-    so_far = Window.partitionBy("person_id").orderBy("t").rangeBetween(Window.unboundedPreceding, 0)
-    start = F.when(F.col("event_type") == rule.steps[0], F.col("t"))
-    frame = steps.withColumn("start_0", start)
+    frame = steps.withColumn("_place", first_place).withColumn(
+        "start_0", F.when(F.col("event_type") == rule.steps[0], F.col("t")))
     for i, step in enumerate(rule.steps[1:], start=1):
-        previous = F.max(F.col(f"start_{i - 1}")).over(so_far)
+        previous = F.max(F.col(f"start_{i - 1}")).over(earlier)
         frame = frame.withColumn(f"start_{i}", F.when(
             (F.col("event_type") == step) & (F.col("t") - previous <= within), previous))
     done = frame.where(F.col(f"start_{len(rule.steps) - 1}").isNotNull())

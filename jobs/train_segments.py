@@ -55,8 +55,8 @@ def load_rules(config: TailorConfig) -> list:
     try:
         raw = yaml.safe_load(path.read_text()) or {}
         fields = known_fields(config.ingest.event_types, config.features.channels,
-                              config.segmentation.profile_traits)
-        return parse_rules(raw, config.ingest.event_types, fields)
+                              config.segmentation.profile_traits, config.features.device_types)
+        return parse_rules(raw, config.ingest.event_types, fields, config.ingest.item_event_types)
     except (RuleError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path.name}: {exc}") from None
 

@@ -1,6 +1,8 @@
-"""Rule segments: window boundaries (47h59m in, 48h01m out), counts in a window, a feature
-rule with an absence condition and a profile-trait rule (from a hand-written profiles/ Parquet)
-— in one Spark evaluation; unknown fields, event types and keys refused at load."""
+"""Rule segments: window boundaries (47h59m in, 48h01m out), one event per step (a repeated
+step type needs two events), the same item for the item steps (`same_item`), counts in a
+window, a feature rule with an absence condition and a profile-trait rule (from a hand-written
+profiles/ Parquet) — in one Spark evaluation; unknown fields, event types and keys refused at
+load."""
 from datetime import datetime, timedelta, timezone
 
 import pandas as pd
@@ -12,13 +14,19 @@ from tests.conftest import REPO
 
 CONFIG = load_config(REPO / "conf" / "test.yaml")
 EVENT_TYPES = CONFIG.ingest.event_types
-FIELDS = known_fields(EVENT_TYPES, CONFIG.features.channels, ["loyalty_tier"])
+ITEM_EVENT_TYPES = CONFIG.ingest.item_event_types
+FIELDS = known_fields(EVENT_TYPES, CONFIG.features.channels, ["loyalty_tier"],
+                      CONFIG.features.device_types)
 AS_OF = datetime(2024, 6, 30, 12, 0, tzinfo=timezone.utc)
 T = AS_OF - timedelta(days=5)
 H = timedelta(hours=1)
+MIN = timedelta(minutes=1)
 RULES = {"rules": {
     "browse_cart_email_48h": {"when": [
         {"sequence": ["view_item", "add_to_cart", "email_click"], "within": "48h"}]},
+    "cart_it_email_48h": {"when": [
+        {"sequence": ["view_item", "add_to_cart", "email_click"], "within": "48h", "same_item": True}]},
+    "viewed_twice_1h": {"when": [{"sequence": ["view_item", "view_item"], "within": "1h"}]},
     "frequent_buyers_90d": {"when": [{"count": "purchase", "at_least": 3, "in_last": "90d"}]},
     "champions_gone_quiet": {"when": [
         {"field": "rfm.rfm_segment", "equals": "Champions"},
@@ -29,11 +37,23 @@ RULES = {"rules": {
 
 
 def events_rows():
+    """(person_id, event_type, event_time, item_id): item events are on item "A" unless said
+    otherwise, the others on no item."""
     rows = [
         # in: the click 47h59m after the view
         ("in", "view_item", T), ("in", "add_to_cart", T + H), ("in", "email_click", T + 47 * H + timedelta(minutes=59)),
         # out: 48h01m
         ("out", "view_item", T), ("out", "add_to_cart", T + H), ("out", "email_click", T + 48 * H + timedelta(minutes=1)),
+        # viewed A, put B in the cart: in the plain sequence, out with same_item
+        ("other_item", "view_item", T), ("other_item", "add_to_cart", T + H, "B"),
+        ("other_item", "email_click", T + 2 * H),
+        # viewed A and B, put B in the cart: B's view and cart make it
+        ("both_items", "view_item", T, "B"), ("both_items", "view_item", T + H),
+        ("both_items", "add_to_cart", T + 2 * H, "B"), ("both_items", "email_click", T + 3 * H),
+        # viewed twice within 1h: one view is not two; two views at the same instant are
+        ("one_view", "view_item", T), ("two_views", "view_item", T), ("two_views", "view_item", T + 59 * MIN),
+        ("same_instant", "view_item", T), ("same_instant", "view_item", T),
+        ("views_apart", "view_item", T), ("views_apart", "view_item", T + 61 * MIN),
         # out: the steps in the wrong order
         ("order", "email_click", T), ("order", "view_item", T + H), ("order", "add_to_cart", T + 2 * H),
         # in: a later view restarts the clock (49h after the first view, 39h after the second)
@@ -53,11 +73,13 @@ def events_rows():
         # after the as-of time: ignored
         ("late", "purchase", AS_OF + H), ("late", "purchase", AS_OF + 2 * H), ("late", "purchase", AS_OF + 3 * H),
     ]
-    return rows
+    return [(*row, "A" if row[1] in ITEM_EVENT_TYPES else None) if len(row) == 3 else row
+            for row in rows]
 
 
 def test_rule_segments_in_spark(spark, tmp_path):
-    events = spark.createDataFrame(events_rows(), "person_id string, event_type string, event_time timestamp")
+    events = spark.createDataFrame(events_rows(), "person_id string, event_type string, "
+                                                  "event_time timestamp, item_id string")
     people = events.select("person_id").distinct()
     rfm = spark.createDataFrame([("champ_quiet", "Champions"), ("champ_recent", "Champions"),
                                  ("loyal_quiet", "Loyal")], "person_id string, rfm_segment string")
@@ -65,7 +87,7 @@ def test_rule_segments_in_spark(spark, tmp_path):
                   "age_band": ["25-34", "25-34", "25-34"], "urban": [True, False, True],
                   "age": [30, 31, 29]}).to_parquet(tmp_path / "profiles.parquet")
     profiles = spark.read.parquet(str(tmp_path / "profiles.parquet"))
-    rules = parse_rules(RULES, EVENT_TYPES, FIELDS)
+    rules = parse_rules(RULES, EVENT_TYPES, FIELDS, ITEM_EVENT_TYPES)
     union = None
     for rule in rules:
         found = evaluate_rule(rule, events, people, {"rfm": rfm, "profile": profiles}, AS_OF)
@@ -75,8 +97,14 @@ def test_rule_segments_in_spark(spark, tmp_path):
     since = {(r.rule_segment, r.person_id): pd.Timestamp(r.since).tz_localize("UTC")
              if pd.Timestamp(r.since).tzinfo is None else pd.Timestamp(r.since) for r in got.itertuples()}
 
-    assert members["browse_cart_email_48h"] == {"in", "restart"}
+    assert members["browse_cart_email_48h"] == {"in", "restart", "other_item", "both_items"}
     assert since["browse_cart_email_48h", "in"] == T + 47 * H + timedelta(minutes=59)
+    assert members["cart_it_email_48h"] == {"in", "restart", "both_items"}
+    assert since["cart_it_email_48h", "both_items"] == T + 3 * H
+    # one_view, in, out, …: a single view is not two; views_apart and restart: over the hour;
+    # both_items: B's view and A's view an hour apart, the bound included
+    assert members["viewed_twice_1h"] == {"two_views", "same_instant", "both_items"}
+    assert since["viewed_twice_1h", "two_views"] == T + 59 * MIN
     assert members["frequent_buyers_90d"] == {"buy3"}
     assert since["frequent_buyers_90d", "buy3"] == AS_OF - timedelta(days=1)  # the 3rd in the window
     assert members["champions_gone_quiet"] == {"champ_quiet"}
@@ -95,10 +123,15 @@ def test_rule_segments_in_spark(spark, tmp_path):
     ({"when": [{"count": "purchase", "at_least": 3, "in_the_last": "90d"}]}, "unknown key 'in_the_last'"),
     ({"when": [{"sequence": ["view_item", "purchase"], "within": "two days"}]}, "duration 'two days'"),
     ({"when": [{"field": "rfm.frequency"}]}, "needs exactly one of"),
-], ids=["rfm-field", "profile-field", "count-event", "sequence-event", "key", "duration", "operator"])
+    ({"when": [{"sequence": ["view_item", "email_click"], "within": "2h", "same_item": True}]},
+     "same_item needs two or more steps of item event types"),
+    ({"when": [{"sequence": ["view_item", "add_to_cart"], "within": "2h", "same_item": "yes"}]},
+     "same_item is true or false"),
+], ids=["rfm-field", "profile-field", "count-event", "sequence-event", "key", "duration", "operator",
+        "same-item-one-item-step", "same-item-not-bool"])
 def test_bad_rules_refused_at_load_naming_the_problem(rule, message):
     with pytest.raises(RuleError, match="rule 'r'.*" + message.replace("(", r"\(")):
-        parse_rules({"rules": {"r": rule}}, EVENT_TYPES, FIELDS)
+        parse_rules({"rules": {"r": rule}}, EVENT_TYPES, FIELDS, ITEM_EVENT_TYPES)
 
 
 def test_custom_profile_trait_and_the_committed_rules_load():
@@ -106,6 +139,7 @@ def test_custom_profile_trait_and_the_committed_rules_load():
 
     parse_rules({"rules": {"r": {"when": [{"field": "profile.loyalty_tier", "in": ["gold"]}]}}},
                 EVENT_TYPES, FIELDS)
-    rules = parse_rules(yaml.safe_load((REPO / "conf" / "segments.yaml").read_text()), EVENT_TYPES, FIELDS)
+    rules = parse_rules(yaml.safe_load((REPO / "conf" / "segments.yaml").read_text()), EVENT_TYPES,
+                        FIELDS, ITEM_EVENT_TYPES)
     assert [r.name for r in rules] == ["browse_cart_email_48h", "frequent_buyers_90d",
                                        "champions_gone_quiet", "urban_25_34"]
