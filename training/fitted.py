@@ -23,7 +23,8 @@ import scipy.sparse as sp
 
 from training.interactions import Interactions
 from training.metrics import PAD
-from training.recommenders import PopularityRecommender, Recommender
+from training.recommenders import (PopularityRecommender, Recommender, drop_items,
+                                   longest_row)
 
 _RECOMMENDER_FILE = "recommender.pkl"
 _SEEN_FILE = "seen.npz"
@@ -58,12 +59,12 @@ class FittedRecommender:
         return popularity, sp.vstack([self.seen, empty]).tocsr()
 
     @cached_property
-    def _extra(self) -> int:
-        """Most seen-but-not-liked items of any person: the over-fetch that leaves k after
-        dropping them (the recommender itself only filters positive confidences)."""
+    def _seen_not_liked(self) -> sp.csr_matrix:
+        """Items touched without a positive confidence: the recommender doesn't filter these."""
         liked = (self.interactions.matrix > 0).astype(np.float32)
-        only_seen = self.seen - self.seen.multiply(liked)
-        return int(np.diff(sp.csr_matrix(only_seen).indptr).max(initial=0))
+        only_seen = sp.csr_matrix(self.seen - self.seen.multiply(liked))
+        only_seen.eliminate_zeros()
+        return only_seen
 
     def recommend_rows(self, rows, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top ``k`` item indices and scores per row index; -1 is an unknown person."""
@@ -74,24 +75,18 @@ class FittedRecommender:
         has_history = np.zeros(len(rows), dtype=bool)
         has_history[known] = np.diff(self.interactions.matrix.indptr)[rows[known]] > 0
         if has_history.any():
-            personal_items, personal_scores = self.recommender.recommend(
-                rows[has_history], self.interactions.matrix, k + self._extra)
-            for out, (row, row_items, row_scores) in zip(
-                    np.flatnonzero(has_history),
-                    zip(rows[has_history], personal_items, personal_scores)):
-                fresh = (row_items != PAD) & ~np.isin(row_items, self._seen_items(row))
-                kept = min(k, int(fresh.sum()))
-                items[out, :kept] = row_items[fresh][:kept]
-                scores[out, :kept] = row_scores[fresh][:kept]
+            personal = rows[has_history]
+            forbidden = self._seen_not_liked[personal]
+            # over-fetch by the most seen-but-not-liked items, so k remain once they are dropped
+            candidates = self.recommender.recommend(
+                personal, self.interactions.matrix, k + longest_row(forbidden))
+            items[has_history], scores[has_history] = drop_items(*candidates, forbidden, k)
         if (~has_history).any():
             popularity, seen = self._fallback
             fallback_rows = np.where(known, rows, seen.shape[0] - 1)[~has_history]
             items[~has_history], scores[~has_history] = popularity.recommend(
                 fallback_rows, seen, k)
         return items, scores
-
-    def _seen_items(self, row: int) -> np.ndarray:
-        return self.seen.indices[self.seen.indptr[row]: self.seen.indptr[row + 1]]
 
     def recommend(self, person_ids, k: int) -> pd.DataFrame:
         """Rows (person_id, item_id, rank, score), rank 1 = best; empty slots are left out."""

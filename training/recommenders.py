@@ -1,9 +1,14 @@
 """Recommenders behind one small interface, so jobs, tuning and serving never care which model.
 
-Every model turns (users, their history) into a dense score row over the catalogue and the
-shared ``Recommender`` does the rest: filtering of already-liked items, top-k, padding and
-batching. One top-k path is what makes "batch == single user" and "never recommend a liked
-item" hold for every model alike.
+Every model turns (users, their history) into a dense score row over the catalogue
+(``_score_users``, which the service scores single people with). Batches of users go through
+the library's own batched top-k where there is one: implicit's ``recommend`` for ALS, BPR and
+item-item, Spark's ``recommendForAllUsers`` for ``spark_als`` (training/spark_als.py); EASE and
+popularity take the numpy top-k of their score rows. A library is asked for each user's best
+``k`` plus as many as the longest history in the batch, unfiltered, and ``drop_items`` removes
+the history: the same filter for every library path and for the whole-history rule in
+training/fitted.py, so "batch == single user" and "never recommend a liked item" hold for
+every model alike.
 
 Conventions (the contract ``tests/unit/test_recommenders.py`` checks for each model):
 
@@ -51,6 +56,49 @@ def _dense(matrix: sp.spmatrix, fill: float = -np.inf) -> np.ndarray:
     return out
 
 
+def _positive(user_items: sp.csr_matrix) -> sp.csr_matrix:
+    """The liked cells (positive confidence) of some rows, as a CSR pattern."""
+    liked = sp.csr_matrix(user_items > 0, dtype=np.float32)
+    liked.eliminate_zeros()
+    return liked
+
+
+def longest_row(matrix: sp.csr_matrix) -> int:
+    """The most stored entries of any row: how far to over-fetch before ``drop_items``."""
+    return int(np.diff(matrix.indptr).max(initial=0))
+
+
+def drop_items(
+    items: np.ndarray, scores: np.ndarray, forbidden: sp.spmatrix, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ranked candidates without the items stored in the same row of ``forbidden``,
+    the best ``k`` kept, order unchanged, PAD / -inf where fewer remain."""
+    forbidden = sp.csr_matrix(forbidden)
+    rows, cols = forbidden.nonzero()
+    n_cols = forbidden.shape[1]
+    keys = np.arange(len(items), dtype=np.int64)[:, None] * n_cols + items
+    keep = (items != PAD) & ~np.isin(keys, rows.astype(np.int64) * n_cols + cols)
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+    kept = np.take_along_axis(keep, order, axis=1)
+    out_items = np.full((len(items), k), PAD, dtype=np.int64)
+    out_scores = np.full((len(items), k), -np.inf, dtype=np.float32)
+    width = order.shape[1]
+    out_items[:, :width] = np.where(kept, np.take_along_axis(items, order, axis=1), PAD)
+    out_scores[:, :width] = np.where(kept, np.take_along_axis(scores, order, axis=1), -np.inf)
+    return out_items, out_scores
+
+
+def library_top_k(fetch, users: np.ndarray, user_items: sp.csr_matrix, k: int,
+                  filter_already_liked: bool, n_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """A library's batched top-k held to the contract. ``fetch(users, their rows, n)`` returns
+    its unfiltered best ``n`` per user (PAD / -inf past its candidates); it is asked for ``k``
+    plus the longest liked history among ``users``, so ``k`` unliked ones survive drop_items."""
+    rows = user_items[users]
+    liked = _positive(rows) if filter_already_liked else sp.csr_matrix(rows.shape)
+    items, scores = fetch(users, rows, min(k + longest_row(liked), n_items))
+    return drop_items(items, scores, liked, k)
+
+
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Best ``k`` columns of each row, best first; -inf cells become PAD slots."""
     n_rows, n_cols = scores.shape
@@ -87,23 +135,30 @@ class Recommender(ABC):
         filter_already_liked: bool = True,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top ``k`` items per user; liked items (positive in ``user_items``) are never shown."""
-        user_items = _as_csr(user_items)
-
-        def drop_liked(users: np.ndarray, scores: np.ndarray) -> None:
-            if filter_already_liked:
-                scores[(user_items[users] > 0).nonzero()] = -np.inf
-
-        return self._batched_top_k(
-            user_indices, k, lambda users: self._score_users(users, user_items), drop_liked
-        )
+        users = np.atleast_1d(np.asarray(user_indices, dtype=np.int64))
+        return self._recommend(users, _as_csr(user_items), k, filter_already_liked)
 
     def similar_items(self, item_indices, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` items most like each given item, excluding the item itself."""
 
-        def drop_self(items: np.ndarray, similarity: np.ndarray) -> None:
+        def top(items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            similarity = self._item_similarity(items)
             similarity[np.arange(len(items)), items] = -np.inf
+            return top_k(similarity, k)
 
-        return self._batched_top_k(item_indices, k, self._item_similarity, drop_self)
+        return self._in_batches(item_indices, k, top)
+
+    def _recommend(self, users: np.ndarray, user_items: sp.csr_matrix, k: int,
+                   filter_already_liked: bool) -> tuple[np.ndarray, np.ndarray]:
+        """The numpy path: each batch's score rows, liked cells set to -inf, top ``k``."""
+
+        def top(chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            scores = self._score_users(chunk, user_items)
+            if filter_already_liked:
+                scores[_positive(user_items[chunk]).nonzero()] = -np.inf
+            return top_k(scores, k)
+
+        return self._in_batches(users, k, top)
 
     def explain(
         self, user_index: int, user_items: sp.spmatrix, item_index: int, n: int = 10
@@ -119,20 +174,17 @@ class Recommender(ABC):
         order = np.argsort(-contributions, kind="stable")[:n]
         return history[order], contributions[order]
 
-    def _batched_top_k(self, indices, k: int, score, exclude) -> tuple[np.ndarray, np.ndarray]:
-        """Score rows in batches (dense rows of a big catalogue don't fit in memory at once),
-        let ``exclude`` set forbidden cells to -inf in place, and keep each row's top ``k``."""
+    def _in_batches(self, indices, k: int, top) -> tuple[np.ndarray, np.ndarray]:
+        """``top`` over batches of rows, so a batch's dense rows over a big catalogue stay
+        within ``_BATCH_CELLS``; the results stacked in order."""
         rows = np.atleast_1d(np.asarray(indices, dtype=np.int64))
         batch = max(1, _BATCH_CELLS // max(self.n_items, 1))
         items = [np.empty((0, k), dtype=np.int64)]
         scores = [np.empty((0, k), dtype=np.float32)]
         for start in range(0, len(rows), batch):
-            chunk = rows[start : start + batch]
-            chunk_scores = score(chunk)
-            exclude(chunk, chunk_scores)
-            chunk_items, chunk_best = top_k(chunk_scores, k)
+            chunk_items, chunk_scores = top(rows[start : start + batch])
             items.append(chunk_items)
-            scores.append(chunk_best)
+            scores.append(chunk_scores)
         return np.vstack(items), np.vstack(scores)
 
     @abstractmethod
@@ -178,6 +230,26 @@ class PopularityRecommender(Recommender):
         return np.zeros(len(history))
 
 
+class _ImplicitTopK:
+    """Batches through implicit's own ``recommend`` of the fitted ``self._model``.
+
+    Its liked-item filter is not used: for item-item it can return liked items at score 0
+    (implicit issue #345), so the filter is ``drop_items``, as for every library path."""
+
+    _model: object
+    n_items: int
+
+    def _recommend(self, users, user_items, k, filter_already_liked):
+        return self._in_batches(users, k, lambda chunk: library_top_k(
+            self._implicit_top, chunk, user_items, k, filter_already_liked, self.n_items))
+
+    def _implicit_top(self, users: np.ndarray, rows: sp.csr_matrix, n: int):
+        items, scores = self._model.recommend(users, rows, N=n, filter_already_liked_items=False)
+        empty = scores <= -np.finfo(np.float32).max  # implicit's padding
+        return (np.where(empty, PAD, items).astype(np.int64),
+                np.where(empty, -np.inf, scores).astype(np.float32))
+
+
 class _FactorRecommender(Recommender):
     """Scores are dot products of user and item factors; similarity is cosine of item factors."""
 
@@ -208,7 +280,7 @@ def _use_gpu(use_gpu: bool | None) -> bool:
     return implicit.gpu.HAS_CUDA if use_gpu is None else use_gpu
 
 
-class ImplicitALSRecommender(_FactorRecommender):
+class ImplicitALSRecommender(_ImplicitTopK, _FactorRecommender):
     """implicit's ALS (Hu, Koren & Volinsky): confidence = alpha * value, on GPU when present.
 
     Defaults are implicit's own, so "library defaults" means what it says.
@@ -248,7 +320,7 @@ class ImplicitALSRecommender(_FactorRecommender):
         return np.array([by_item.get(item, 0.0) for item in history])
 
 
-class BPRRecommender(_FactorRecommender):
+class BPRRecommender(_ImplicitTopK, _FactorRecommender):
     """implicit's Bayesian Personalized Ranking (pairwise ranking loss, sampled negatives).
 
     BPR scores don't decompose over the history, so ``explain`` ranks history items by how close
@@ -290,7 +362,7 @@ class BPRRecommender(_FactorRecommender):
 _SIMILARITIES = {"cosine": CosineRecommender, "bm25": BM25Recommender, "tfidf": TFIDFRecommender}
 
 
-class ItemItemRecommender(Recommender):
+class ItemItemRecommender(_ImplicitTopK, Recommender):
     """Item-item nearest neighbours (implicit): score = sum over history of confidence x sim.
 
     ``similarity`` is cosine, bm25 or tfidf; each item keeps its ``K`` nearest neighbours.
@@ -315,6 +387,7 @@ class ItemItemRecommender(Recommender):
             # implicit re-weights into a COO matrix internally, then warns about its own input
             warnings.simplefilter("ignore", ParameterWarning)
             model.fit(user_items, show_progress=False)
+        self._model = model
         self.item_similarity = model.similarity.tocsr()
 
     def _score_users(self, users, user_items):

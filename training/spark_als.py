@@ -8,7 +8,8 @@ can drive either, but the numbers do not mean the same thing, so tune each separ
   (ALS-WR), implicit applies it as given.
 
 On one machine implicit is much faster (see DESIGN.md); this path is for scale-out.
-``SparkALSRecommender`` puts it behind the common Recommender interface (``model: spark_als``).
+``SparkALSRecommender`` puts it behind the common Recommender interface (``model: spark_als``)
+and recommends batches with MLlib's ``recommendForAllUsers``.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from pyspark.ml.recommendation import ALS, ALSModel
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from training.recommenders import _FactorRecommender
+from training.metrics import PAD
+from training.recommenders import _FactorRecommender, library_top_k
 
 
 def fit_spark_als(
@@ -54,40 +56,19 @@ def fit_spark_als(
     return als.fit(interactions)
 
 
-def recommend_spark_als(
-    model: ALSModel,
-    interactions: DataFrame,
-    k: int,
-    user_col: str = "user_idx",
-    item_col: str = "item_idx",
-    confidence_col: str = "confidence",
-) -> DataFrame:
-    """Top ``k`` unseen items per user: rows (user, item, score, rank), rank 1 = best.
-
-    MLlib can't filter seen items itself, so it is asked for k + (the largest history) items,
-    which guarantees k unseen ones remain for everybody (or all there are), and the seen ones
-    are anti-joined away. That over-fetch is bounded by the catalogue size.
-    """
-    liked = interactions.where(F.col(confidence_col) > 0).select(user_col, item_col).distinct()
-    largest_history = liked.groupBy(user_col).count().agg(F.max("count")).first()[0] or 0
-    n_items = model.itemFactors.count()
-    candidates = model.recommendForAllUsers(min(k + largest_history, n_items))
-    scored = candidates.select(user_col, F.explode("recommendations").alias("rec")).select(
-        user_col, F.col(f"rec.{item_col}").alias(item_col), F.col("rec.rating").alias("score")
-    )
-    unseen = scored.join(liked, [user_col, item_col], "left_anti")
-    by_score = Window.partitionBy(user_col).orderBy(F.col("score").desc(), F.col(item_col))
-    return unseen.withColumn("rank", F.row_number().over(by_score)).where(F.col("rank") <= k)
-
-
 class SparkALSRecommender(_FactorRecommender):
     """MLlib ALS behind the same Recommender interface as implicit's, so the training job,
     evaluation, registry and service treat ``model: spark_als`` like any other model.
 
     The fit runs on the active Spark session (the job's: local or a cluster); the learned
     factors are then held as numpy arrays, like implicit's, for scoring and pickling. A person
-    or item MLlib returns no factors for (no positive confidence) gets zeros.
+    or item MLlib returns no factors for (no positive confidence) gets zeros. Batches are
+    recommended by the fitted MLlib model's ``recommendForAllUsers`` while it is at hand (in
+    the process that fitted it: evaluation, tuning, the batch job); a pickled copy (the
+    registered model, the service) scores from the numpy factors.
     """
+
+    _als: ALSModel | None = None
 
     def __init__(self, factors: int = 10, regularization: float = 0.1, alpha: float = 1.0,
                  iterations: int = 10, random_state: int | None = None):
@@ -109,6 +90,32 @@ class SparkALSRecommender(_FactorRecommender):
                               seed=self.random_state if self.random_state is not None else 42)
         self.user_factors = _dense_factors(model.userFactors, user_items.shape[0], self.factors)
         self.item_factors = _dense_factors(model.itemFactors, user_items.shape[1], self.factors)
+        self._als = model
+
+    def _recommend(self, users, user_items, k, filter_already_liked):
+        if self._als is None:
+            return super()._recommend(users, user_items, k, filter_already_liked)
+        return library_top_k(self._spark_top, users, user_items, k, filter_already_liked,
+                             self.n_items)
+
+    def _spark_top(self, users: np.ndarray, rows: sp.csr_matrix, n: int):
+        """MLlib's best ``n`` for every user, kept for ``users`` (in their order)."""
+        flat = (self._als.recommendForAllUsers(n)
+                .select("user_idx", F.posexplode("recommendations").alias("slot", "rec"))
+                .select("user_idx", "slot", "rec.item_idx", "rec.rating").toPandas())
+        unique, position = np.unique(users, return_inverse=True)
+        row = pd.Index(unique).get_indexer(flat["user_idx"])
+        wanted = row >= 0
+        items = np.full((len(unique), n), PAD, dtype=np.int64)
+        scores = np.full((len(unique), n), -np.inf, dtype=np.float32)
+        cells = row[wanted], flat["slot"].to_numpy()[wanted]
+        items[cells] = flat["item_idx"].to_numpy()[wanted]
+        scores[cells] = flat["rating"].to_numpy()[wanted]
+        return items[position], scores[position]
+
+    def __getstate__(self) -> dict:
+        # the MLlib model lives in the JVM of the session that fitted it: not picklable
+        return {**self.__dict__, "_als": None}
 
     def _contributions(self, user_row, history, confidence, item_index):
         # MLlib has no exact explain: weight each history item by its factor similarity
