@@ -144,10 +144,11 @@ class Suppression:
 
 
 def _native(value):
-    """A rules-comparable Python value: NaN/NaT → None, numpy values → Python, dates → ISO."""
+    """A rules-comparable Python value: NaN/NaT/NA → None, numpy values → Python, dates → ISO."""
     if isinstance(value, np.ndarray):
         return value.tolist()
-    if value is None or value is pd.NaT or (isinstance(value, float) and math.isnan(value)):
+    if (value is None or value is pd.NaT or value is pd.NA
+            or (isinstance(value, float) and math.isnan(value))):
         return None
     if isinstance(value, (pd.Timestamp, datetime, date)):
         return value.isoformat()
@@ -156,30 +157,58 @@ def _native(value):
     return value
 
 
+#: Profile columns kept from answers (rules still see what profiles/ has): internal ids and
+#: provenance, and the exact age, which answers give only as its band.
+UNSHARED_PROFILE_COLUMNS = frozenset({"person_id", "user_id", "trait_sources", "age",
+                                      "birth_date", "email_hash", "phone_hash", "postcode"})
+
+
+def segment_label(value) -> str | None:
+    """A segment as answers and rules see it: a string ("3", even when Parquet gave 3.0), or None."""
+    value = _native(value)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return None if value is None else str(value)
+
+
 @dataclass
 class People:
     """Facts per person (profile columns, segment, persona, rfm_segment, rule_segments) and the
-    user_id → person_id map; built once at start-up."""
+    user_id → person_id map; built once at start-up. Every one of these tables holds only
+    personalization-consented people, so having facts is evidence of consent."""
 
     facts: dict[str, dict] = field(default_factory=dict)
     person_of: dict[str, str] = field(default_factory=dict)
+    anonymous_ids: frozenset[str] = frozenset()
     profile_columns: list[str] = field(default_factory=list)
 
     def resolve(self, user_id: str) -> str:
         """The person behind a user or anonymous id; unresolved ids are their own person."""
         return self.person_of.get(user_id, user_id)
 
+    def traits(self, facts: dict) -> dict:
+        """The profile traits among a person's facts, as answers show them (none without a
+        profiles/ row; see UNSHARED_PROFILE_COLUMNS)."""
+        return {column: facts[column] for column in self.profile_columns
+                if column in facts and column not in UNSHARED_PROFILE_COLUMNS}
+
     @classmethod
     def load(cls, root: Root, identities: pd.DataFrame | None = None) -> People:
         people = cls()
         if identities is not None:
             people.person_of.update(zip(identities["identifier"], identities["person_id"]))
+            if "identifier_type" in identities:
+                people.anonymous_ids = frozenset(
+                    identities.loc[identities["identifier_type"] == "anonymous_id", "identifier"])
         profiles = root.table("profiles")
         if profiles is not None:
             people.profile_columns = [c for c in profiles.columns if c != "trait_sources"]
             people._merge(profiles[people.profile_columns])
         people._merge(root.table("features/rfm", ["person_id", "user_id", "rfm_segment"]))
-        people._merge(root.table("segments", ["person_id", "user_id", "segment", "persona"]))
+        segments = root.table("segments", ["person_id", "user_id", "segment", "persona"])
+        if segments is not None and "segment" in segments:
+            segments["segment"] = segments["segment"].map(segment_label)
+        people._merge(segments)
         rules = root.table("segments/rules", ["person_id", "user_id", "rule_segment"])
         if rules is not None:
             people._merge(rules[["person_id", "user_id"]].drop_duplicates("person_id"))

@@ -18,6 +18,17 @@ All conditions of a rule must hold. In a slot, rules are tried by priority: a ru
 when a higher one of its exclusive group already applied, and only the highest applied rule
 with a `variant` sets the slot's variant; boosts, pins and filters of every applied rule combine.
 
+Experiments: `variant` is the person's arm in the experiment running on the rule's slot (the
+control when they are not enrolled, null when no experiment runs there). A multivariate cell is
+one string, `factor=level,factor=level` in the definition's factor order (what exposures and
+the analysis report carry); `variant_levels` lists its parts, so a rule on one factor reads
+`variant_levels: {contains: "layout=carousel"}`. `consent_personalization` is whether the
+person may be personalized (the request's `context.consent_personalization` when sent, else
+whether Tailor holds consented data about them, else `consent.default_personalization`).
+
+Actions on catalogue fields: a boost can target a `category`, a `brand`, items `on_sale` or
+listed `items`; `in_stock_only: true` drops items the catalogue marks out of stock.
+
 Because conditions are a closed set of operators, `check` can reason about them: equal-priority
 rules of one slot whose conditions can hold together (their order would be arbitrary), rules
 that can never fire (an impossible condition, or a higher-priority competitor whose condition
@@ -39,10 +50,12 @@ PROFILE_FIELDS = (
     "person_id", "user_id", "age", "age_band", "gender", "city", "region", "country", "urban",
     "device_type", "os", "locale", "signup_date", "marketing_opt_in", "first_seen", "last_seen",
 )
-#: Fields the service derives: segmentation, RFM, rule segments, whether the model knows them.
-DERIVED_FIELDS = ("segment", "persona", "rfm_segment", "rule_segments", "known")
-#: Request fields every slot sees: the experiment variant (null until experiments exist).
-REQUEST_FIELDS = ("variant",)
+#: Fields the service derives: segmentation, RFM, rule segments, whether the model knows them,
+#: whether they may be personalized.
+DERIVED_FIELDS = ("segment", "persona", "rfm_segment", "rule_segments", "known",
+                  "consent_personalization")
+#: Request fields every slot sees: the experiment variant of the slot and its factor levels.
+REQUEST_FIELDS = ("variant", "variant_levels")
 CONTEXT_PREFIX = "context."
 OPERATORS = {"in", "not_in", "gt", "gte", "lt", "lte", "contains", "exists"}
 
@@ -56,14 +69,18 @@ class _Strict(BaseModel):
 
 
 class Boost(_Strict):
+    """Multiplies the score of every item it targets (any of category, brand, on sale, items)."""
+
     category: str | None = None
+    brand: str | None = None
+    on_sale: bool = False
     items: list[str] = []
     factor: float = Field(gt=0)
 
     @model_validator(mode="after")
     def _target(self) -> Boost:
-        if self.category is None and not self.items:
-            raise ValueError("a boost needs a category or items")
+        if self.category is None and self.brand is None and not self.on_sale and not self.items:
+            raise ValueError("a boost needs a category, brand, on_sale: true or items")
         return self
 
 
@@ -72,11 +89,14 @@ class Action(_Strict):
     boost: Boost | None = None
     pin: list[str] = []
     filter_category: str | None = None
+    in_stock_only: bool = False
 
     @model_validator(mode="after")
     def _something(self) -> Action:
-        if self.variant is None and self.boost is None and not self.pin and not self.filter_category:
-            raise ValueError("an action needs one of variant, boost, pin, filter_category")
+        if (self.variant is None and self.boost is None and not self.pin
+                and not self.filter_category and not self.in_stock_only):
+            raise ValueError("an action needs one of variant, boost, pin, filter_category, "
+                             "in_stock_only")
         return self
 
 
@@ -289,6 +309,7 @@ class Decision:
     boosts: list[tuple[str, Boost]] = field(default_factory=list)
     pins: list[tuple[str, str]] = field(default_factory=list)   # (rule id, item id)
     filtered_categories: list[tuple[str, str]] = field(default_factory=list)
+    in_stock_only: bool = False
     why: list[str] = field(default_factory=list)  # one line per rule of the slot
 
 
@@ -383,6 +404,7 @@ class RuleSet:
             decision.pins.extend((rule.id, item) for item in action.pin)
             if action.filter_category:
                 decision.filtered_categories.append((rule.id, action.filter_category))
+            decision.in_stock_only |= action.in_stock_only
             decision.why.append(f"{rule.id}: matched, applied (priority {rule.priority})")
         return decision
 

@@ -75,6 +75,44 @@ def test_decide_priority_groups_and_combined_actions():
     assert "boost-games: matched, skipped: boost-books already applied in group merch" in merch.why
 
 
+def test_experiment_consent_and_catalogue_fields_and_actions():
+    rules = ruleset(
+        rule("carousel", 30, {"variant_levels": {"contains": "layout=carousel"},
+                              "consent_personalization": True}, slot="recommendations",
+             boost={"on_sale": True, "factor": 3.0}),
+        rule("acme", 20, {"variant": "model=pop,layout=grid"}, slot="recommendations",
+             boost={"brand": "acme", "factor": 2.0}),
+        rule("stocked", 10, slot="recommendations", in_stock_only=True))
+    assert rules.check() == []
+    cell = rules.decide("recommendations", {"variant": "model=pop,layout=carousel",
+                                            "variant_levels": ["model=pop", "layout=carousel"],
+                                            "consent_personalization": True})
+    assert cell.applied == ["carousel", "stocked"] and cell.in_stock_only
+    assert cell.boosts[0][1].on_sale and cell.boosts[0][1].factor == 3.0
+    other = rules.decide("recommendations", {"variant": "model=pop,layout=grid",
+                                             "variant_levels": ["model=pop", "layout=grid"],
+                                             "consent_personalization": False})
+    assert other.applied == ["acme", "stocked"] and other.boosts[0][1].brand == "acme"
+    with pytest.raises(ValueError, match="a boost needs a category, brand, on_sale"):
+        ruleset(rule("r", 1, boost={"on_sale": False, "factor": 2.0}))
+    with pytest.raises(ValueError, match="an action needs one of .*in_stock_only"):
+        ruleset(rule("r", 1, in_stock_only=False))
+
+
+def test_people_facts_are_rule_comparable():
+    """Parquet's missing values and numeric segments reach rules as None and strings."""
+    import pandas as pd
+
+    from serving.data import People, _native, segment_label
+
+    assert _native(pd.NA) is None and _native(float("nan")) is None and _native(pd.NaT) is None
+    assert [segment_label(v) for v in (3, 3.0, "odd", None, float("nan"), pd.NA)] == [
+        "3", "3", "odd", None, None, None]
+    people = People(facts={"p1": {"age": 30, "age_band": "25-34", "rfm_segment": "Lost"}},
+                    profile_columns=["person_id", "user_id", "age", "age_band", "occupation"])
+    assert people.traits(people.facts["p1"]) == {"age_band": "25-34"}
+
+
 def test_checker_finds_overlaps_of_equal_priority():
     rules = ruleset(rule("a", 10, {"persona": "reader"}),
                     rule("c", 10, {"persona": "gamer"}),                       # disjoint from a
