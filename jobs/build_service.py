@@ -4,8 +4,9 @@
     tailor build-service [--conf …] [--set …]
 
 Downloads the champion version of `training.registry.model_name` from MLflow, adds what
-serving needs beside it (each item's category from events/, and the user/anonymous id →
-person map from identity/), imports the folder into the BentoML model store under
+serving needs beside it (the item catalogue from catalogue/, or what events/ say about items
+where the catalogue job has not run, and the user/anonymous id → person map from identity/),
+imports the folder into the BentoML model store under
 `serving.bentoml_home` and runs `bentoml build` with serving/bentofile.yaml. The bento is
 tagged `v<MLflow version>`, so what is served names the model it came from; rebuilding the same
 version replaces it (new events may have changed the catalogue).
@@ -25,7 +26,7 @@ import tempfile
 
 import click
 
-from jobs.config import REPO_ROOT, TailorConfig
+from jobs.config import REPO_ROOT, TailorConfig, checkout_path
 from jobs.runtime import JobError, JobRun, config_options, execute, report_errors
 from serving.data import CATALOGUE_FILE, CONFIG_ENV, IDENTITIES_FILE, RECOMMENDER_DIR
 
@@ -40,18 +41,17 @@ def bentoml_env(config: TailorConfig) -> dict[str, str]:
 
 
 def serve_env(config: TailorConfig) -> dict[str, str]:
-    """bentoml_env plus the config for the service, with paths made absolute here (the
-    service runs from the bento's own folder)."""
+    """bentoml_env plus the config for the service, with the storage root and configured files
+    made absolute here (the service runs from the bento's own folder)."""
     import json
 
     from jobs.storage import resolve_uri
 
-    rules = Path(config.serving.rules_file)
     resolved = config.model_copy(deep=True)
     resolved.storage.root = resolve_uri(config.storage.root)
-    if not rules.is_absolute():
-        rules = Path.cwd() / rules if (Path.cwd() / rules).exists() else REPO_ROOT / rules
-    resolved.serving.rules_file = str(rules)
+    resolved.serving.rules_file = str(checkout_path(config.serving.rules_file))
+    resolved.experiments.file = str(checkout_path(config.experiments.file))
+    resolved.segmentation.rules_file = str(checkout_path(config.segmentation.rules_file))
     # One worker scores one row at a time: BLAS threads would only add hand-offs.
     return {"OPENBLAS_NUM_THREADS": "1", **bentoml_env(config),
             CONFIG_ENV: json.dumps(resolved.model_dump(mode="json"))}
@@ -83,27 +83,32 @@ def download_champion(config: TailorConfig, folder: Path) -> tuple[str, str, Pat
 
 
 def write_side_tables(job: JobRun, folder: Path) -> dict:
-    """catalogue.parquet (item_id, category: its most frequent one) from events/ and
-    identities.parquet (identifier, person_id) for user and anonymous ids from identity/."""
-    from pyspark.sql import Window
+    """catalogue.parquet (serving.catalogue.SERVED_COLUMNS) from catalogue/, else built from
+    events/ the way the catalogue job does, and identities.parquet (identifier,
+    identifier_type, person_id) for user and anonymous ids from identity/."""
     from pyspark.sql import functions as F
 
+    from features.catalogue import build_catalogue
+    from serving.catalogue import SERVED_COLUMNS
+
     counts = {"catalogue_items": 0, "identities": 0}
+    catalogue_uri = job.storage.uri("catalogue")
     events_uri, identity_uri = job.storage.uri("events"), job.storage.uri("identity")
-    if job.storage.has_parquet(events_uri):
-        events = job.spark.read.parquet(events_uri).where(
-            F.col("item_id").isNotNull() & F.col("category").isNotNull())
-        ranked = (events.groupBy("item_id", "category").count()
-                  .withColumn("rank", F.row_number().over(
-                      Window.partitionBy("item_id").orderBy(F.desc("count"), "category"))))
-        catalogue = ranked.where("rank = 1").select("item_id", "category").toPandas()
-        catalogue.to_parquet(folder / CATALOGUE_FILE, index=False)
-        counts["catalogue_items"] = len(catalogue)
+    catalogue = None
+    if job.storage.has_parquet(catalogue_uri):
+        catalogue = job.spark.read.parquet(catalogue_uri)
+        job.inputs.append(catalogue_uri)
+    elif job.storage.has_parquet(events_uri):
+        catalogue = build_catalogue(None, job.spark.read.parquet(events_uri))
         job.inputs.append(events_uri)
+    if catalogue is not None:
+        table = catalogue.select(*SERVED_COLUMNS).toPandas()
+        table.to_parquet(folder / CATALOGUE_FILE, index=False)
+        counts["catalogue_items"] = len(table)
     if job.storage.has_parquet(identity_uri):
         identities = (job.spark.read.parquet(identity_uri)
                       .where(F.col("identifier_type").isin("user_id", "anonymous_id"))
-                      .select("identifier", "person_id").toPandas())
+                      .select("identifier", "identifier_type", "person_id").toPandas())
         identities.to_parquet(folder / IDENTITIES_FILE, index=False)
         counts["identities"] = len(identities)
         job.inputs.append(identity_uri)

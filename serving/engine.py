@@ -2,24 +2,32 @@
 directly (`tailor rules explain` uses it too).
 
 The model is the registry's FittedRecommender; on top of it the engine adds what a live
-request needs: person resolution, suppression, request filters (excluded items, category),
-the rules of the `recommendations` slot (filters, boosts, pins), popularity per segment for
-cold start, and a reason for every item.
+request needs: person resolution (once per request), consent and suppression, the person's
+experiment arm in the request's slot (and its exposure), request filters (excluded items,
+category, in stock), the slot's rules (filters, boosts, pins), popularity per segment for cold
+start, new catalogue arrivals, and a reason for every item. Nothing here does I/O: exposures
+go to the writer's buffer, which its own thread writes out.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 import numpy as np
 import pandas as pd
 
+from serving.catalogue import Arrival, ItemCatalogue
 from serving.data import People, Suppression
-from serving.rules import CONTEXT_PREFIX, Decision, RuleSet
+from serving.experiments import Assignment, ExperimentBook
+from serving.exposures import ExposureWriter
+from serving.rules import CONTEXT_PREFIX, Boost, Decision, RuleSet
 from training.fitted import FittedRecommender
 from training.metrics import PAD
 from training.recommenders import PopularityRecommender
 
 RECOMMENDATIONS_SLOT = "recommendations"
+#: The request context key (and rule field) for the caller's current consent state.
+CONSENT = "consent_personalization"
 
 
 def _best(scores: np.ndarray, k: int) -> np.ndarray:
@@ -40,12 +48,20 @@ class Person:
     user_id: str
     person_id: str
     row: int | None          # the model's row, None when the model does not know them
-    facts: dict              # what rules see (empty for a suppressed person)
+    facts: dict              # what rules see (request fields only without consent or suppressed)
     suppressed: bool
+    assignment: Assignment | None = None  # the arm in the request slot's experiment, if any
 
     @property
     def segment(self) -> str | None:
         return self.facts.get("segment")
+
+    def arm(self) -> dict:
+        """The experiment fields of an answer: the arm served, its experiment, enrolled or not."""
+        served = self.assignment
+        return {"variant": served.variant if served else None,
+                "experiment_id": served.experiment_id if served else None,
+                "enrolled": bool(served and served.enrolled)}
 
 
 class Engine:
@@ -53,19 +69,23 @@ class Engine:
 
     def __init__(self, fitted: FittedRecommender, model_version: str, rules: RuleSet,
                  people: People, suppression: Suppression,
-                 catalogue: pd.DataFrame | None = None):
+                 catalogue: pd.DataFrame | None = None, *,
+                 experiments: ExperimentBook | None = None,
+                 exposures: ExposureWriter | None = None, default_consent: bool = False,
+                 arrival_days: int = 0, arrival_slots: int = 0):
         self.fitted, self.model_version, self.rules = fitted, model_version, rules
         self.people, self.suppression = people, suppression
+        self.experiments, self.exposures = experiments, exposures
+        self.default_consent, self.arrival_slots = default_consent, arrival_slots
         interactions = fitted.interactions
         self.item_ids = interactions.item_ids
         self.n_items = len(self.item_ids)
         self.item_index = interactions.item_index
         self.person_index = interactions.person_index
-        self.category = np.full(self.n_items, None, dtype=object)
-        if catalogue is not None and len(catalogue):
-            known = catalogue[catalogue["item_id"].isin(self.item_index)]
-            self.category[[self.item_index[i] for i in known["item_id"]]] = known["category"].values
-        self._category_masks: dict[str, np.ndarray] = {}
+        self.catalogue = ItemCatalogue(self.item_ids, catalogue, interactions.matrix,
+                                       arrival_days=arrival_days)
+        self.boosted = {compiled.id: self._boost_mask(compiled.rule.then.boost)
+                        for compiled in rules.rules if compiled.rule.then.boost is not None}
         self.popular = self._popular_order(interactions.matrix)
         self.segment_popular = self._segment_popularity()
         factors = getattr(fitted.recommender, "item_factors", None)
@@ -86,6 +106,18 @@ class Engine:
         order = order[popularity[order] > 0]
         return order, popularity[order] / max(matrix.shape[0], 1)
 
+    def _boost_mask(self, boost: Boost) -> np.ndarray:
+        """The model items a rule's boost targets (computed once per rule)."""
+        mask = self.catalogue.nothing.copy()
+        if boost.category:
+            mask |= self.catalogue.in_category(boost.category)
+        if boost.brand:
+            mask |= self.catalogue.of_brand(boost.brand)
+        if boost.on_sale:
+            mask |= self.catalogue.on_sale
+        mask[[self.item_index[i] for i in boost.items if i in self.item_index]] = True
+        return mask
+
     def _segment_popularity(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         rows_by_segment: dict[str, list[int]] = {}
         for person, facts in self.people.facts.items():
@@ -98,25 +130,62 @@ class Engine:
 
     # -- who is asking -------------------------------------------------------------------------
 
-    def person(self, user_id: str, context: dict | None = None, variant: str | None = None) -> Person:
-        """Resolve a request's user; a suppressed person keeps only request-level facts."""
+    def person(self, user_id: str, slot: str | None = None, context: dict | None = None) -> Person:
+        """Resolve a request's user once: what rules may see, consent, and the arm of the
+        experiment running on ``slot`` (its exposure recorded when enrolled).
+
+        Consent: the request's ``context.consent_personalization`` when the caller sends it
+        (its current state wins), else whether Tailor holds data about the person (only
+        consented people have any), else ``consent.default_personalization``. A suppressed
+        person, or one whose request declines, keeps only request-level facts."""
+        context = context or {}
         person_id = self.people.resolve(user_id)
         suppressed = self.suppression.suppressed(user_id, person_id)
-        facts = {} if suppressed else dict(self.people.facts.get(person_id, {}))
-        row = None if suppressed else self.person_index.get(person_id)
+        given = context.get(CONSENT)
+        personal = not suppressed and given is not False
+        stored = self.people.facts.get(person_id) if personal else None
+        facts = dict(stored or {})
+        row = self.person_index.get(person_id) if personal else None
         facts["known"] = row is not None
-        facts["variant"] = variant
-        facts.update({CONTEXT_PREFIX + key: value for key, value in (context or {}).items()})
-        return Person(user_id, person_id, row, facts, suppressed)
+        facts[CONSENT] = personal and (given is True or stored is not None or row is not None
+                                       or self.default_consent)
+        person = Person(user_id, person_id, row, facts, suppressed)
+        person.assignment = self._assign(person, slot)
+        facts["variant"] = person.assignment.variant if person.assignment else None
+        facts["variant_levels"] = ([f"{factor}={level}" for factor, level
+                                    in person.assignment.levels.items()]
+                                   if person.assignment else [])
+        facts.update({CONTEXT_PREFIX + key: value for key, value in context.items()})
+        return person
+
+    def _assign(self, person: Person, slot: str | None) -> Assignment | None:
+        """The arm served on ``slot``: the enrolled assignment (a layer keeps a person in at
+        most one experiment per slot), else the first active experiment's control; None when
+        no experiment runs there. Enrolled assignments are recorded as exposures."""
+        if self.experiments is None or slot is None:
+            return None
+        facts = person.facts
+        segments = [name for name in (facts.get("rfm_segment"), facts.get("persona")) if name]
+        assignments = self.experiments.assign(
+            person.person_id, now=datetime.now(timezone.utc), slot=slot,
+            segments=[*segments, *(facts.get("rule_segments") or [])],
+            consented=facts[CONSENT], suppressed=(person.person_id,) if person.suppressed else ())
+        enrolled = [a for a in assignments if a.enrolled]
+        if self.exposures is not None:
+            key = "anonymous_id" if person.user_id in self.people.anonymous_ids else "user_id"
+            for assignment in enrolled:
+                self.exposures.record(assignment, person_id=person.person_id,
+                                      **{key: person.user_id})
+        return (enrolled or assignments or [None])[0]
 
     # -- the API -------------------------------------------------------------------------------
 
     def recommend(self, user_id: str, k: int, exclude_items=(), category: str | None = None,
-                  context: dict | None = None, variant: str | None = None) -> dict:
-        person = self.person(user_id, context, variant)
+                  context: dict | None = None, in_stock_only: bool = False) -> dict:
+        person = self.person(user_id, RECOMMENDATIONS_SLOT, context)
         decision = self.rules.decide(RECOMMENDATIONS_SLOT, person.facts)
         blocked = self._blocked(person, exclude_items)
-        shown = self._filter(category, decision)
+        shown = self._filter(category, decision, in_stock_only)
         matrix = self.fitted.interactions.matrix
         if (person.row is not None and self.personal
                 and matrix.indptr[person.row + 1] > matrix.indptr[person.row]):
@@ -133,12 +202,31 @@ class Engine:
             items, scores = order[allowed[order]][:k], shares[allowed[order]][:k]
             reasons = [reason] * len(items)
             fallback = True
-        ranked = self._pin(decision, blocked, shown, list(zip(items, scores, reasons)), k)
+        ranked = [(str(self.item_ids[i]), s, r) for i, s, r in
+                  self._pin(decision, blocked, shown, list(zip(items, scores, reasons)), k)]
+        if not fallback and self.arrival_slots:
+            arrivals = self._arrivals(person.row, k, exclude_items, category, decision)
+            ranked = ranked[:k - len(arrivals)] + arrivals
         return {"user_id": user_id,
-                "items": [{"item_id": str(self.item_ids[i]), "score": round(float(s), 6),
-                           "reason": r} for i, s, r in ranked],
-                "fallback": fallback, "segment": person.segment, "variant": variant,
+                "items": [{"item_id": i, "score": round(float(s), 6), "reason": r}
+                          for i, s, r in ranked],
+                "fallback": fallback, "segment": person.segment, **person.arm(),
                 "model_version": self.model_version}
+
+    def _arrivals(self, row: int, k: int, exclude_items, category: str | None,
+                  decision: Decision) -> list[tuple[str, float, str]]:
+        """New catalogue arrivals for the last places, under the request's and rules' filters
+        (the catalogue already leaves out-of-stock items out)."""
+        if row not in self.catalogue.preferences:
+            return []
+        excluded = set(exclude_items)
+        filtered = {name for _, name in decision.filtered_categories}
+
+        def allowed(arrival: Arrival) -> bool:
+            return (arrival.item_id not in excluded and not arrival.categories & filtered
+                    and (category is None or category in arrival.categories))
+
+        return self.catalogue.arrivals_for(row, min(self.arrival_slots, k), allowed)
 
     def _blocked(self, person: Person, exclude_items) -> np.ndarray:
         """Item indices never to show this person: their whole history and the excluded ones."""
@@ -149,12 +237,20 @@ class Engine:
         history = seen.indices[seen.indptr[person.row]:seen.indptr[person.row + 1]]
         return np.concatenate([history, np.asarray(excluded, dtype=history.dtype)])
 
-    def _filter(self, category: str | None, decision: Decision) -> np.ndarray | None:
-        """Items the request's category and the rules' filters leave (None: all of them)."""
-        shown = None if category is None else self._in_category(category).copy()
-        for _, filtered in decision.filtered_categories:
-            kept = ~self._in_category(filtered)
-            shown = kept if shown is None else shown & kept
+    def _filter(self, category: str | None, decision: Decision,
+                in_stock_only: bool) -> np.ndarray | None:
+        """Items the request's category and stock filter and the rules' filters leave (None:
+        all of them)."""
+        masks = [~self.catalogue.in_category(name) for _, name in decision.filtered_categories]
+        if category is not None:
+            masks.append(self.catalogue.in_category(category))
+        if in_stock_only or decision.in_stock_only:
+            masks.append(self.catalogue.in_stock)
+        if not masks:
+            return None
+        shown = masks[0].copy()
+        for mask in masks[1:]:
+            shown &= mask
         return shown
 
     def _personal(self, row: int, k: int, blocked: np.ndarray, shown: np.ndarray | None,
@@ -171,20 +267,11 @@ class Engine:
         fetch = k + len(decision.pins) if not decision.boosts else self.n_items
         items = _best(scores, fetch)
         best = scores[items].astype(np.float64)
-        for _, boost in decision.boosts:
-            hit = np.isin(self.item_ids[items], boost.items)
-            if boost.category:
-                hit |= self._in_category(boost.category)[items]
+        for rule_id, boost in decision.boosts:
+            hit = self.boosted[rule_id][items]
             best = np.where(hit, np.where(best > 0, best * boost.factor, best / boost.factor), best)
         order = np.argsort(-best, kind="stable")[:k]
         return items[order], best[order]
-
-    def _in_category(self, category: str) -> np.ndarray:
-        """Which items are in ``category`` (computed once per category)."""
-        mask = self._category_masks.get(category)
-        if mask is None:
-            mask = self._category_masks[category] = self.category == category
-        return mask
 
     def _anchor_reasons(self, row: int, items: np.ndarray) -> list[str]:
         """"similar to X": the history item most like each recommended item."""
@@ -207,10 +294,9 @@ class Engine:
              ranked: list, k: int) -> list:
         """Rule pins first (in rule order), then the ranked items, boosted ones marked."""
         boosted = {}
-        for rule_id, boost in decision.boosts:
+        for rule_id, _ in decision.boosts:
             for i, _, _ in ranked:
-                if (self.item_ids[i] in boost.items
-                        or boost.category and self.category[i] == boost.category):
+                if self.boosted[rule_id][i]:
                     boosted.setdefault(i, rule_id)
         pinned, taken = [], set(blocked.tolist()) if decision.pins else set()
         top = float(ranked[0][1]) if ranked else 1.0
@@ -229,7 +315,7 @@ class Engine:
         if index is None:
             return None
         items, scores = self.fitted.recommender.similar_items([index], k)
-        keep = items[0] != PAD
+        keep = (items[0] != PAD) & np.isfinite(scores[0])  # a zero vector's similarity is NaN
         return {"item_id": item_id,
                 "items": [{"item_id": str(self.item_ids[i]), "score": round(float(s), 6)}
                           for i, s in zip(items[0][keep], scores[0][keep])],
@@ -239,16 +325,16 @@ class Engine:
         person = self.person(user_id)
         facts = person.facts
         return {"user_id": user_id, "known": facts["known"],
-                "segment": facts.get("segment"), "persona": facts.get("persona"),
+                "segment": person.segment, "persona": facts.get("persona"),
                 "rfm_segment": facts.get("rfm_segment"),
                 "rule_segments": list(facts.get("rule_segments") or []),
+                "traits": self.people.traits(facts),
                 "model_version": self.model_version}
 
-    def decide(self, user_id: str, slot: str, context: dict | None = None,
-               variant: str | None = None) -> tuple[dict, Decision]:
-        person = self.person(user_id, context, variant)
+    def decide(self, user_id: str, slot: str, context: dict | None = None) -> dict:
+        person = self.person(user_id, slot, context)
         decision = self.rules.decide(slot, person.facts)
-        return ({"user_id": user_id, "slot": slot, "content": decision.variant,
-                 "rule": decision.variant_rule, "matched_rules": decision.matched,
-                 "applied_rules": decision.applied, "variant": variant,
-                 "model_version": self.model_version}, decision)
+        return {"user_id": user_id, "slot": slot, "content": decision.variant,
+                "rule": decision.variant_rule, "matched_rules": decision.matched,
+                "applied_rules": decision.applied, **person.arm(),
+                "model_version": self.model_version}

@@ -1,7 +1,9 @@
 """`tailor rules explain`: the service's rule decision for one person, spelled out.
 
 It loads what the service loads (the latest imported model, the storage root's tables, the
-rules file) through the same ``load_engine``, so the answer is the one /decide would give.
+rules file, the experiment definitions) through the same ``load_engine``, so the answer is the
+one /decide would give, the person's experiment variant included; explaining records no
+exposure.
 """
 from __future__ import annotations
 
@@ -25,11 +27,12 @@ def explain(config: TailorConfig, user_id: str, slot: str, context: dict) -> str
         raise JobError("no service model yet: run `tailor build-service` first") from None
     version = str(model.info.metadata.get("mlflow_version", model.tag.version))
     engine, _ = load_engine(config, Path(model.path), version)
-    person = engine.person(user_id, context)
-    _, decision = engine.decide(user_id, slot, context)
+    person = engine.person(user_id, slot, context)
+    decision = engine.rules.decide(slot, person.facts)
     lines = [f"user {user_id} (person {person.person_id}), slot {slot}, model version {version}"]
     if person.suppressed:
         lines.append("suppressed (forgotten or consent withdrawn): only request fields are used")
+    lines.append(experiment_line(person.assignment, slot))
     lines.append("facts: " + ", ".join(f"{k}={v!r}" for k, v in sorted(person.facts.items())))
     if not decision.why:
         lines.append(f"no rules for slot {slot}")
@@ -41,3 +44,12 @@ def explain(config: TailorConfig, user_id: str, slot: str, context: dict) -> str
     if decision.applied:
         lines.append(f"applied: {', '.join(decision.applied)}")
     return "\n".join(lines)
+
+
+def experiment_line(assignment, slot: str) -> str:
+    if assignment is None:
+        return f"experiment: none active on slot {slot} (variant null)"
+    if assignment.enrolled:
+        return f"experiment {assignment.experiment_id}: variant {assignment.variant} (enrolled)"
+    return (f"experiment {assignment.experiment_id}: variant {assignment.variant} (the control; "
+            f"not enrolled: {assignment.reason.replace('_', ' ')})")

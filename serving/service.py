@@ -6,7 +6,9 @@
 Configuration is Tailor's own: the validated config `tailor serve` passes as JSON in
 TAILOR_CONFIG_JSON, else conf/base.yaml + conf/local.yaml; read once at import. Everything is
 loaded in ``__init__``, which BentoML runs before the worker accepts connections, so /readyz
-answers only when loaded.
+answers only when loaded: the model, the storage root's tables, the rules and the experiment
+definitions (a rules or experiments file that fails its check stops the start). Exposures of
+enrolled people are buffered and written by the writer's thread, and flushed on shutdown.
 
 The API handlers are ``async``: the scoring is a few hundred microseconds of numpy, and a
 sync handler would pay a hop through BentoML's one-thread pool on every request.
@@ -21,15 +23,17 @@ from typing import Annotated, Any, Union
 
 import bentoml
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse
 
-from jobs.config import REPO_ROOT, ConfigError, TailorConfig, load_config
+from jobs.config import ConfigError, TailorConfig, checkout_path, load_config
 from jobs.storage import resolve_uri
 from serving.data import (CATALOGUE_FILE, CONFIG_ENV, IDENTITIES_FILE, RECOMMENDER_DIR, People,
                           Root, Suppression)
 from serving import heap
-from serving.engine import Engine
+from serving.engine import CONSENT, Engine
+from serving.experiments import load_configured
+from serving.exposures import ExposureWriter
 from serving.rules import checked_rules
 from training.fitted import FittedRecommender
 
@@ -53,10 +57,16 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+def _consent_is_boolean(context: dict) -> dict:
+    if context.get(CONSENT) is not None and not isinstance(context[CONSENT], bool):
+        raise ValueError(f"context.{CONSENT} must be true or false")
+    return context
+
+
 Id = Annotated[str, Field(min_length=1, max_length=256)]
 ContextValue = Union[str, int, float, bool, None]
 Context = Annotated[dict[Annotated[str, Field(max_length=64)], ContextValue],
-                    Field(max_length=32)]
+                    Field(max_length=32), AfterValidator(_consent_is_boolean)]
 
 
 class RecommendRequest(_Body):
@@ -64,6 +74,7 @@ class RecommendRequest(_Body):
     k: int = Field(default=CONFIG.serving.default_k, ge=1, le=100)
     exclude_items: Annotated[list[Id], Field(max_length=1000)] = []
     category: Id | None = None
+    in_stock_only: bool = False
     context: Context = {}
 
 
@@ -94,6 +105,8 @@ class RecommendResponse(BaseModel):
     fallback: bool
     segment: str | None
     variant: str | None
+    experiment_id: str | None
+    enrolled: bool
     model_version: str
 
 
@@ -115,6 +128,7 @@ class SegmentResponse(BaseModel):
     persona: str | None
     rfm_segment: str | None
     rule_segments: list[str]
+    traits: dict[str, ContextValue]
     model_version: str
 
 
@@ -126,6 +140,8 @@ class DecideResponse(BaseModel):
     matched_rules: list[str]
     applied_rules: list[str]
     variant: str | None
+    experiment_id: str | None
+    enrolled: bool
     model_version: str
 
 
@@ -202,16 +218,17 @@ async def _send(scope, send, response: JSONResponse) -> None:
 
 # -- the service ------------------------------------------------------------------------------
 
-def load_engine(config: TailorConfig, model_dir: Path, model_version: str) -> tuple[Engine, Suppression]:
-    """Everything a worker needs, loaded once: model, catalogue, people, rules, suppression."""
+def load_engine(config: TailorConfig, model_dir: Path, model_version: str,
+                exposures: ExposureWriter | None = None) -> tuple[Engine, Suppression]:
+    """Everything a worker needs, loaded once: model, catalogue, people, rules, experiments,
+    suppression. ``exposures`` records the enrolled assignments served (none: not recorded)."""
     serving = config.serving
     root = Root(resolve_uri(config.storage.root), config.storage.s3)
     identities = (pd.read_parquet(model_dir / IDENTITIES_FILE)
                   if (model_dir / IDENTITIES_FILE).exists() else None)
     people = People.load(root, identities)
-    rules_file = Path(serving.rules_file)
-    rules = checked_rules(rules_file if rules_file.is_absolute() else REPO_ROOT / rules_file,
-                          people.profile_columns)
+    rules = checked_rules(checkout_path(serving.rules_file), people.profile_columns)
+    experiments = load_configured(config)
     pii_key = os.environ.get("TAILOR_PII_KEY") or config.pii.demo_key
     if not pii_key:  # without it the suppression list can't be matched: refuse, don't ignore it
         raise ConfigError("the service needs TAILOR_PII_KEY (the forget job's key) to honour "
@@ -221,7 +238,12 @@ def load_engine(config: TailorConfig, model_dir: Path, model_version: str) -> tu
     catalogue = (pd.read_parquet(model_dir / CATALOGUE_FILE)
                  if (model_dir / CATALOGUE_FILE).exists() else None)
     fitted = FittedRecommender.load(model_dir / RECOMMENDER_DIR)
-    return Engine(fitted, model_version, rules, people, suppression, catalogue), suppression
+    engine = Engine(fitted, model_version, rules, people, suppression, catalogue,
+                    experiments=experiments, exposures=exposures,
+                    default_consent=config.consent.default_personalization,
+                    arrival_days=config.catalogue.new_arrival_days,
+                    arrival_slots=config.catalogue.new_arrival_slots)
+    return engine, suppression
 
 
 @bentoml.service(
@@ -238,7 +260,9 @@ class Recommender:
     def __init__(self) -> None:
         stored = self.model
         version = str(stored.info.metadata.get("mlflow_version", stored.tag.version))
-        self.engine, self.suppression = load_engine(CONFIG, Path(stored.path), version)
+        self.exposures = ExposureWriter.from_config(CONFIG)
+        self.engine, self.suppression = load_engine(CONFIG, Path(stored.path), version,
+                                                    self.exposures)
         self.suppression.start(CONFIG.serving.suppression_refresh_seconds)
         _state["model_version"] = version
         heap.settle()  # the "~100 ms p99 at concurrency 1": see serving/heap.py
@@ -247,19 +271,18 @@ class Recommender:
         return self.engine is not None
 
     @bentoml.on_shutdown
-    def stop_refresh(self) -> None:
+    def stop_background_work(self) -> None:
+        """Stop re-reading the suppression list and write the exposures still buffered."""
         self.suppression.stop()
-
-    def variant(self, user_id: str, context: dict) -> str | None:
-        """The person's experiment arm: the one place experiments plug in (none yet)."""
-        return None
+        self.exposures.close()
 
     @bentoml.api(input_spec=RecommendRequest, output_spec=RecommendResponse)
     async def recommend(self, user_id: str, k: int, exclude_items: list[str],
-                        category: str | None, context: dict[str, Any]) -> JSONResponse:
+                        category: str | None, in_stock_only: bool,
+                        context: dict[str, Any]) -> JSONResponse:
         """Top-k items for a person, with a reason each; unknown people get popular items."""
-        return JSONResponse(self.engine.recommend(
-            user_id, k, exclude_items, category, context, self.variant(user_id, context)))
+        return JSONResponse(self.engine.recommend(user_id, k, exclude_items, category, context,
+                                                  in_stock_only))
 
     @bentoml.api(input_spec=SimilarItemsRequest, output_spec=SimilarItemsResponse)
     async def similar_items(self, item_id: str, k: int) -> JSONResponse:
@@ -271,14 +294,14 @@ class Recommender:
 
     @bentoml.api(input_spec=SegmentRequest, output_spec=SegmentResponse)
     async def segment(self, user_id: str) -> JSONResponse:
-        """Persona, segment, RFM segment and rule-based segments of a person."""
+        """Persona, segment, RFM segment, rule-based segments and profile traits of a person."""
         return JSONResponse(self.engine.segment(user_id))
 
     @bentoml.api(input_spec=DecideRequest, output_spec=DecideResponse)
     async def decide(self, user_id: str, slot: str, context: dict[str, Any]) -> JSONResponse:
-        """The content variant the rules choose for a page slot, and which rules matched."""
-        answer, _ = self.engine.decide(user_id, slot, context, self.variant(user_id, context))
-        return JSONResponse(answer)
+        """The content the rules choose for a page slot, which rules matched, and the
+        person's variant in the slot's experiment."""
+        return JSONResponse(self.engine.decide(user_id, slot, context))
 
 
 Recommender.add_asgi_middleware(

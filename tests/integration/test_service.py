@@ -2,8 +2,9 @@
 `bentoml serve` on a free loopback port, called over HTTP.
 
 One server for the module: a champion fitted on a checkerboard (even people like even items,
-odd people odd items), hand-written segments/, profiles/ and rules, a service token, and a
-suppression list re-read every second.
+odd people odd items), hand-written segments/, profiles/, catalogue/, rules and experiments, a
+service token, and a suppression list re-read every second. The experiment tests restart it
+once (a second `bentoml serve`), which is also what flushes its exposures to storage.
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import json
 import os
 import subprocess
 import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +25,7 @@ import scipy.sparse as sp
 from jobs import build_service
 from jobs.config import load_config
 from jobs.runtime import execute
+from serving.experiments import load_experiments
 from tests.conftest import REPO, VENV_BIN, free_port, stop, tailor
 
 TOKEN = "test-service-token"
@@ -55,7 +59,49 @@ rules:
     priority: 5
     when: {context.page: promo}
     then: {pin: [i01]}
+  - id: hero-bold
+    slot: hero
+    priority: 10
+    when: {variant: bold}
+    then: {variant: bold_hero}
+  - id: shelf-sale-first
+    slot: recommendations
+    priority: 20
+    when: {variant_levels: {contains: ranking=sale}}
+    then: {boost: {on_sale: true, factor: 100}}
 """
+#: The service's own experiments (the shipped file's dates run out): an A/B test on half of
+#: everyone, and a 2x2 test for Champions only whose salt puts u00 in the ranking=sale cell.
+EXPERIMENTS = """
+experiments:
+  - id: hero-test
+    type: abn
+    slot: hero
+    salt: hero-test
+    traffic: 0.5
+    start: 2020-01-01
+    stop: 2099-12-31
+    conversion_event: purchase
+    conversion_window_hours: 24
+    control: plain
+    variants:
+      - {name: plain, weight: 0.5}
+      - {name: bold, weight: 0.5}
+  - id: shelf-test
+    type: multivariate
+    slot: recommendations
+    salt: shelf-test-2
+    target: [Champions]
+    start: 2020-01-01
+    stop: 2099-12-31
+    conversion_event: add_to_cart
+    factors:
+      - name: ranking
+        levels: [{name: model, weight: 0.5}, {name: sale, weight: 0.5}]
+      - name: layout
+        levels: [{name: grid, weight: 0.5}, {name: row, weight: 0.5}]
+"""
+NEW_ARRIVAL = "i90"  # in the catalogue only: released two days ago, nobody has touched it
 
 
 def category(item: int) -> str:
@@ -86,8 +132,28 @@ def write_tables(spark, root: Path) -> None:
         root / "features" / "rfm" / "part-0.parquet")
     (root / "profiles").mkdir()
     pd.DataFrame({"person_id": ["u16", "u18"], "user_id": ["u16", "u18"], "age": [15, 40],
-                  "country": ["DE", "FR"], "trait_sources": ["{}", "{}"]}).to_parquet(
-        root / "profiles" / "part-0.parquet")
+                  "age_band": ["0-17", "35-44"], "gender": ["f", None], "city": ["Berlin", None],
+                  "region": [None, None], "country": ["DE", "FR"], "urban": [True, None],
+                  "device_type": ["mobile", None], "os": ["ios", None], "locale": ["de-DE", None],
+                  "signup_date": [pd.Timestamp("2024-03-01").date(), None],
+                  "marketing_opt_in": [False, None], "occupation": ["student", None],
+                  "trait_sources": ["{}", "{}"]}).to_parquet(root / "profiles" / "part-0.parquet")
+    # the catalogue job's table: i05 also in `classics` and out of stock, i07 on sale, and a
+    # new arrival nobody has touched yet
+    items = [f"i{i:02d}" for i in range(N_ITEMS)]
+    (root / "catalogue").mkdir()
+    pd.DataFrame({
+        "item_id": items + [NEW_ARRIVAL],
+        "category": [category(i) for i in range(N_ITEMS)] + ["books"],
+        "categories": [[category(i), *(["classics"] if i == 5 else [])] for i in range(N_ITEMS)]
+        + [["books"]],
+        "brand": "acme", "price": 10.0,
+        "sale_price": [5.0 if i == 7 else None for i in range(N_ITEMS)] + [None],
+        "release_date": [None] * N_ITEMS + [(pd.Timestamp.now() - pd.Timedelta(days=2)).date()],
+        "in_stock": [False if i == 5 else None for i in range(N_ITEMS)] + [True],
+        "first_seen": [pd.Timestamp("2024-01-01", tz="UTC")] * N_ITEMS + [pd.NaT],
+        "source": ["events"] * N_ITEMS + ["feed:test"],
+    }).to_parquet(root / "catalogue" / "part-0.parquet", coerce_timestamps="us")  # Spark reads it
 
 
 def publish_checkerboard_champion(config) -> None:
@@ -123,44 +189,65 @@ def publish_checkerboard_champion(config) -> None:
         mlflow.set_registry_uri(None)
 
 
-@pytest.fixture(scope="module")
-def service(spark, tmp_path_factory):
-    """The built bento served on a free port; yields (base URL, config, storage root)."""
-    home = tmp_path_factory.mktemp("service")
-    root = home / "root"
-    (home / "rules.yaml").write_text(RULES)
-    config = load_config(REPO / "conf" / "test.yaml", [
-        f"storage.root={root}", f"serving.bentoml_home={home}/bentoml",
-        f"serving.rules_file={home}/rules.yaml", "serving.suppression_refresh_seconds=1",
-        "serving.max_body_bytes=2048"],
-        environ={**os.environ, "TAILOR_TEST_ROOT": str(home)})
-    write_tables(spark, root)
-    publish_checkerboard_champion(config)
-    counts = execute("build_service", config, build_service.build, spark=spark)
-    assert counts["bento"] == "tailor-service:v1" and counts["catalogue_items"] == N_ITEMS
+@dataclass
+class Service:
+    """The running service: its URL changes when the test restarts it."""
 
-    port = free_port()
-    env = {**build_service.serve_env(config), "TAILOR_SERVICE_TOKEN": TOKEN}
-    log = open(home / "serve.log", "w")
-    process = subprocess.Popen(
-        [str(VENV_BIN / "bentoml"), "serve", "tailor-service:latest", "--host", "127.0.0.1",
-         "--port", str(port)], cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
+    base: str
+    config: object
+    root: Path
+    home: Path
+    process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        port = free_port()
+        env = {**build_service.serve_env(self.config), "TAILOR_SERVICE_TOKEN": TOKEN}
+        with open(self.home / "serve.log", "a") as log:
+            self.process = subprocess.Popen(
+                [str(VENV_BIN / "bentoml"), "serve", "tailor-service:latest", "--host",
+                 "127.0.0.1", "--port", str(port)],
+                cwd=self.home, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120
         while True:
-            assert process.poll() is None, (home / "serve.log").read_text()[-3000:]
+            assert self.process.poll() is None, (self.home / "serve.log").read_text()[-3000:]
             try:
-                if requests.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
+                if requests.get(f"{self.base}/readyz", timeout=2).status_code == 200:
+                    return
             except requests.RequestException:  # the socket is open before the worker is
                 pass
             assert time.monotonic() < deadline, "service not ready after 120 s"
             time.sleep(0.5)
-        yield base, config, root
+
+    def stop(self) -> None:
+        stop(self.process)
+
+
+@pytest.fixture(scope="module")
+def service(spark, tmp_path_factory):
+    """The built bento served on a free port; exposures are written only at shutdown (batches
+    larger and older than any test makes)."""
+    home = tmp_path_factory.mktemp("service")
+    root = home / "root"
+    (home / "rules.yaml").write_text(RULES)
+    (home / "experiments.yaml").write_text(EXPERIMENTS)
+    config = load_config(REPO / "conf" / "test.yaml", [
+        f"storage.root={root}", f"serving.bentoml_home={home}/bentoml",
+        f"serving.rules_file={home}/rules.yaml", "serving.suppression_refresh_seconds=1",
+        "serving.max_body_bytes=2048", f"experiments.file={home}/experiments.yaml",
+        "experiments.exposure_batch_size=1000", "experiments.exposure_max_age_seconds=3600"],
+        environ={**os.environ, "TAILOR_TEST_ROOT": str(home)})
+    write_tables(spark, root)
+    publish_checkerboard_champion(config)
+    counts = execute("build_service", config, build_service.build, spark=spark)
+    assert counts["bento"] == "tailor-service:v1" and counts["catalogue_items"] == N_ITEMS + 1
+
+    running = Service("", config, root, home)
+    running.start()
+    try:
+        yield running
     finally:
-        stop(process)
-        log.close()
+        running.stop()
 
 
 def post(base: str, path: str, body, headers=AUTH, **kwargs) -> requests.Response:
@@ -175,21 +262,27 @@ def items_of(response: requests.Response) -> list[str]:
 
 
 def test_known_user_gets_unseen_items_of_their_taste_with_reasons(service):
-    base, _, _ = service
+    base = service.base
     response = post(base, "/recommend", {"user_id": "u04", "k": 3})
     assert response.status_code == 200
     body = response.json()
     assert body["fallback"] is False and body["model_version"] == "1"
-    assert body["segment"] == "even" and body["variant"] is None
+    # shelf-test is for Champions: u04 is not targeted, so gets its control cell, unenrolled
+    assert body["segment"] == "even"
+    assert (body["variant"], body["experiment_id"], body["enrolled"]) == (
+        "ranking=model,layout=grid", "shelf-test", False)
     # u04 liked every even item but i04: the withheld one comes first, nothing seen comes back
     assert items_of(response)[0] == "i04"
     seen = {f"i{i:02d}" for i in range(0, N_ITEMS, 2)} - {"i04"}
     assert not seen & set(items_of(response)) and len(body["items"]) == 3
     assert body["items"][0]["reason"].startswith("similar to i")
+    # the last place goes to the catalogue's new arrival in u04's favourite category
+    assert body["items"][-1]["item_id"] == NEW_ARRIVAL
+    assert body["items"][-1]["reason"] == "new arrival in books"
 
 
 def test_new_user_gets_popular_items_by_segment_from_context(service):
-    base, _, _ = service
+    base = service.base
     plain = post(base, "/recommend", {"user_id": "someone-new", "k": 5}).json()
     assert plain["fallback"] is True and plain["segment"] is None and len(plain["items"]) == 5
     assert {item["reason"] for item in plain["items"]} == {"popular"}
@@ -201,7 +294,7 @@ def test_new_user_gets_popular_items_by_segment_from_context(service):
 
 
 def test_excluded_items_category_filter_rule_filter_and_pins(service):
-    base, _, _ = service
+    base = service.base
     first = items_of(post(base, "/recommend", {"user_id": "u05", "k": 3}))
     without = items_of(post(base, "/recommend", {"user_id": "u05", "k": 3,
                                                 "exclude_items": first[:2]}))
@@ -211,6 +304,12 @@ def test_excluded_items_category_filter_rule_filter_and_pins(service):
     assert all(int(i[1:]) >= 10 and int(i[1:]) not in (16, 18) for i in items_of(games))
     assert items_of(post(base, "/recommend", {"user_id": "u05", "k": 3,
                                              "category": "no-such-category"})) == []
+    # categories and stock come from the catalogue: i05 is also a classic, and out of stock
+    assert items_of(post(base, "/recommend", {"user_id": "u05", "category": "classics"})) == ["i05"]
+    assert items_of(post(base, "/recommend", {"user_id": "u05", "k": 3}))[0] == "i05"
+    in_stock = items_of(post(base, "/recommend", {"user_id": "u05", "k": 20, "in_stock_only": True}))
+    assert in_stock and "i05" not in in_stock
+    assert post(base, "/recommend", {"user_id": "u05", "in_stock_only": "yes"}).status_code == 400
     # u16 and u18 each withheld an alcohol item; u16 is 15, so the rule filters it
     assert items_of(post(base, "/recommend", {"user_id": "u18", "k": 3}))[0] == "i18"
     minor = items_of(post(base, "/recommend", {"user_id": "u16", "k": 20}))
@@ -222,7 +321,7 @@ def test_excluded_items_category_filter_rule_filter_and_pins(service):
 
 
 def test_similar_items_and_unknown_item(service):
-    base, _, _ = service
+    base = service.base
     response = post(base, "/similar_items", {"item_id": "i02", "k": 4})
     assert response.status_code == 200
     similar = items_of(response)
@@ -234,22 +333,29 @@ def test_similar_items_and_unknown_item(service):
 
 
 def test_segments(service):
-    base, _, _ = service
+    base = service.base
     body = post(base, "/segment", {"user_id": "u03"}).json()
     assert body == {"user_id": "u03", "known": True, "segment": "odd", "persona": "reader",
-                    "rfm_segment": "Lost", "rule_segments": ["gamer"], "model_version": "1"}
+                    "rfm_segment": "Lost", "rule_segments": ["gamer"], "traits": {},
+                    "model_version": "1"}
     unknown = post(base, "/segment", {"user_id": "stranger"}).json()
     assert unknown["known"] is False and unknown["segment"] is None
-    assert unknown["rule_segments"] == []
+    assert unknown["rule_segments"] == [] and unknown["traits"] == {}
+    # profile traits as profiles/ has them, custom ones included; the exact age is not shown
+    assert post(base, "/segment", {"user_id": "u16"}).json()["traits"] == {
+        "age_band": "0-17", "gender": "f", "city": "Berlin", "region": None, "country": "DE",
+        "urban": True, "device_type": "mobile", "os": "ios", "locale": "de-DE",
+        "signup_date": "2024-03-01", "marketing_opt_in": False, "occupation": "student"}
 
 
 def test_rule_decisions(service):
-    base, _, _ = service
+    base = service.base
     vip = post(base, "/decide", {"user_id": "u00", "slot": "home_banner",
                                  "context": {"page": "home"}}).json()
     assert vip["content"] == "vip" and vip["rule"] == "banner-champions"
     assert vip["matched_rules"] == ["banner-champions", "banner-home-page"]
-    assert vip["applied_rules"] == ["banner-champions"] and vip["variant"] is None
+    assert vip["applied_rules"] == ["banner-champions"]
+    assert (vip["variant"], vip["experiment_id"], vip["enrolled"]) == (None, None, False)
     gamer = post(base, "/decide", {"user_id": "u03", "slot": "home_banner"}).json()
     assert (gamer["content"], gamer["matched_rules"]) == ("games_sale", ["banner-gamers"])
     nothing = post(base, "/decide", {"user_id": "u07", "slot": "home_banner"}).json()
@@ -258,16 +364,72 @@ def test_rule_decisions(service):
         "content"] is None
 
 
+def test_experiment_arms_are_answered_and_drive_the_rules(service):
+    base = service.base
+    book = load_experiments(service.home / "experiments.yaml", {"Champions"})
+    # u00 is a Champion, in shelf-test's ranking=sale cell, whose rule boosts on-sale items
+    assert book.variant_for(book.get("shelf-test"), "u00") == "ranking=sale,layout=grid"
+    shelf = post(base, "/recommend", {"user_id": "u00", "k": 3}).json()
+    assert (shelf["variant"], shelf["experiment_id"], shelf["enrolled"]) == (
+        "ranking=sale,layout=grid", "shelf-test", True)
+    assert shelf["items"][0]["item_id"] == "i07"  # the one unseen item on sale
+    assert shelf["items"][0]["reason"].endswith("; boosted by rule shelf-sale-first")
+    assert not any("boosted" in item["reason"] for item in post(
+        base, "/recommend", {"user_id": "u04", "k": N_ITEMS}).json()["items"])
+
+    # hero-test holds half of everyone: inside, the hashed variant; outside, the control
+    hero = book.get("hero-test")
+    inside = outside = 0
+    for user in [f"u{p:02d}" for p in range(N_PEOPLE)]:
+        answer = post(base, "/decide", {"user_id": user, "slot": "hero"}).json()
+        if book.traffic_position(hero, user) < 0.5:
+            inside += 1
+            assert (answer["variant"], answer["enrolled"]) == (book.variant_for(hero, user), True)
+        else:
+            outside += 1
+            assert (answer["variant"], answer["enrolled"]) == ("plain", False)
+        assert answer["content"] == ("bold_hero" if answer["variant"] == "bold" else None)
+        assert answer["experiment_id"] == "hero-test"
+    assert inside and outside
+
+
+def test_consent_decides_enrolment(service):
+    """Known people have consented (only consented data reaches the tables); someone new is
+    enrolled only when the caller says they consent; a caller's `false` wins over the tables."""
+    base = service.base
+    book = load_experiments(service.home / "experiments.yaml", {"Champions"})
+    hero = book.get("hero-test")
+    newcomer = next(f"new-{n}" for n in range(100) if book.traffic_position(hero, f"new-{n}") < 0.5)
+
+    def arm(user, **context):
+        answer = post(base, "/decide", {"user_id": user, "slot": "hero", "context": context})
+        assert answer.status_code == 200, answer.text
+        return answer.json()["variant"], answer.json()["enrolled"]
+
+    assert arm(newcomer) == ("plain", False)
+    assert arm(newcomer, consent_personalization=True) == (book.variant_for(hero, newcomer), True)
+    assert arm("u03") == ("bold", True)
+    assert arm("u03", consent_personalization=False) == ("plain", False)
+    declined = post(base, "/recommend", {"user_id": "u03", "context": {
+        "consent_personalization": False}}).json()
+    assert declined["fallback"] is True and declined["segment"] is None
+    assert post(base, "/decide", {"user_id": "u03", "slot": "hero", "context": {
+        "consent_personalization": "yes"}}).status_code == 400
+
+
 def test_forgotten_person_is_suppressed_without_a_restart(service):
     from features.privacy import suppression_token
 
-    base, config, root = service
+    base, config, root = service.base, service.config, service.root
     assert post(base, "/recommend", {"user_id": "u06"}).json()["fallback"] is False
-    token = suppression_token("user_id", "u06", config.pii.effective_key())
+    # u07 is in hero-test's half of people (variant bold) until forgotten
+    enrolled = post(base, "/decide", {"user_id": "u07", "slot": "hero"}).json()
+    assert (enrolled["variant"], enrolled["enrolled"], enrolled["content"]) == ("bold", True, "bold_hero")
     (root / "suppression").mkdir(exist_ok=True)
-    (root / "suppression" / "forget-test.jsonl").write_text(json.dumps(
-        {"token": token, "reason": "forgotten", "request_id": "forget-test",
-         "at": "2024-01-01T00:00:00+00:00"}) + "\n")
+    (root / "suppression" / "forget-test.jsonl").write_text("".join(json.dumps(
+        {"token": suppression_token("user_id", user, config.pii.effective_key()),
+         "reason": "forgotten", "request_id": "forget-test",
+         "at": "2024-01-01T00:00:00+00:00"}) + "\n" for user in ("u06", "u07")))
     deadline = time.monotonic() + 15
     while post(base, "/recommend", {"user_id": "u06"}).json()["fallback"] is False:
         assert time.monotonic() < deadline, "still personalized 15 s after suppression"
@@ -277,6 +439,11 @@ def test_forgotten_person_is_suppressed_without_a_restart(service):
     assert post(base, "/segment", {"user_id": "u06"}).json()["segment"] is None
     assert post(base, "/decide", {"user_id": "u06", "slot": "home_banner"}).json()[
         "matched_rules"] == []
+    # forgotten: the default (the control), not enrolled, even when the caller says consented
+    forgotten = post(base, "/decide", {"user_id": "u07", "slot": "hero",
+                                       "context": {"consent_personalization": True}}).json()
+    assert (forgotten["variant"], forgotten["enrolled"], forgotten["content"]) == (
+        "plain", False, None)
 
 
 @pytest.mark.parametrize("path, body, status", [
@@ -301,7 +468,7 @@ def test_forgotten_person_is_suppressed_without_a_restart(service):
     ("/nowhere", {"user_id": "u01"}, 404),
 ])
 def test_bad_input_is_a_4xx_with_a_message(service, path, body, status):
-    base, _, _ = service
+    base = service.base
     response = post(base, path, body)
     assert response.status_code == status, response.text
     assert response.text and response.headers["X-Model-Version"] == "1"
@@ -310,7 +477,7 @@ def test_bad_input_is_a_4xx_with_a_message(service, path, body, status):
 
 
 def test_other_bad_requests(service):
-    base, _, _ = service
+    base = service.base
     assert post(base, "/recommend", {"user_id": "u01"},
                 headers={**AUTH, "Content-Type": "text/plain"}).status_code == 415
     assert post(base, "/recommend", {"user_id": "u01"},
@@ -323,7 +490,7 @@ def test_other_bad_requests(service):
 
 
 def test_token_enforced_except_on_health_and_docs_listed(service):
-    base, _, _ = service
+    base = service.base
     assert post(base, "/recommend", {"user_id": "u01"}, headers={}).status_code == 401
     wrong = post(base, "/recommend", {"user_id": "u01"}, headers={"Authorization": "Bearer no"})
     assert wrong.status_code == 401 and wrong.headers["WWW-Authenticate"] == "Bearer"
@@ -336,29 +503,39 @@ def test_token_enforced_except_on_health_and_docs_listed(service):
 
 
 def test_rules_explain_cli_matches_the_service(service):
-    base, config, root = service
+    base, config, root = service.base, service.config, service.root
     args = ["--conf", str(REPO / "conf" / "test.yaml"), "--set", f"storage.root={root}",
             "--set", f"serving.bentoml_home={Path(config.serving.bentoml_home)}",
-            "--set", f"serving.rules_file={config.serving.rules_file}"]
+            "--set", f"serving.rules_file={config.serving.rules_file}",
+            "--set", f"experiments.file={config.experiments.file}"]
+    env = {"TAILOR_TEST_ROOT": str(service.home)}
     result = tailor("rules", "explain", "--user", "u00", "--slot", "home_banner",
-                    "--context", '{"page": "home"}', *args,
-                    env={"TAILOR_TEST_ROOT": str(Path(config.serving.bentoml_home).parent)})
+                    "--context", '{"page": "home"}', *args, env=env)
     assert result.returncode == 0, result.stderr
+    assert "experiment: none active on slot home_banner (variant null)" in result.stdout
     assert "winner: banner-champions -> content vip" in result.stdout
     assert "banner-home-page: matched, skipped: variant already set by banner-champions" in result.stdout
+    hero = tailor("rules", "explain", "--user", "u03", "--slot", "hero", *args, env=env)
+    assert hero.returncode == 0, hero.stderr
+    assert "experiment hero-test: variant bold (enrolled)" in hero.stdout
+    assert "winner: hero-bold -> content bold_hero" in hero.stdout
+    assert post(base, "/decide", {"user_id": "u03", "slot": "hero"}).json()["content"] == "bold_hero"
+    outside = tailor("rules", "explain", "--user", "u00", "--slot", "hero", *args, env=env)
+    assert "experiment hero-test: variant plain (the control; not enrolled: outside traffic)" in outside.stdout
 
 
-def test_engine_starts_without_tables_or_rules_and_refuses_a_failing_rules_file(service, tmp_path):
+def test_engine_starts_without_tables_or_rules_and_refuses_failing_files(service, tmp_path):
     """What the worker loads at start-up, in process: an empty storage root and no rules file
-    still answer; no key to match the suppression list, or a rules file that fails the check,
-    stops the start."""
+    still answer; no key to match the suppression list, or a rules or experiments file that
+    fails its check, stops the start."""
     from bentoml._internal.models import ModelStore
 
     from jobs.config import ConfigError
+    from serving.experiments import ExperimentDefinitionError
     from serving.rules import RulesError
     from serving.service import load_engine
 
-    _, config, _ = service
+    config = service.config
     model = ModelStore(Path(config.serving.bentoml_home) / "models").get("tailor-recommender:v1")
     bare = config.model_copy(deep=True)
     bare.storage.root = str(tmp_path / "empty-root")
@@ -367,7 +544,7 @@ def test_engine_starts_without_tables_or_rules_and_refuses_a_failing_rules_file(
     answer = engine.recommend("u04", 3)
     assert answer["fallback"] is False and answer["segment"] is None and len(answer["items"]) == 3
     assert engine.segment("u04")["rule_segments"] == []
-    assert engine.decide("u04", "home_banner")[0]["content"] is None
+    assert engine.decide("u04", "home_banner")["content"] is None
 
     keyless = bare.model_copy(deep=True)
     keyless.pii.demo_key = None
@@ -381,6 +558,81 @@ def test_engine_starts_without_tables_or_rules_and_refuses_a_failing_rules_file(
     bare.serving.rules_file = str(tmp_path / "bad.yaml")
     with pytest.raises(RulesError, match="unknown field 'shoe_size'"):
         load_engine(bare, Path(model.path), "1")
+
+    bare.serving.rules_file = str(tmp_path / "no-rules.yaml")
+    (tmp_path / "experiments.yaml").write_text(EXPERIMENTS.replace("[Champions]", "[Whales]"))
+    bare.experiments.file = str(tmp_path / "experiments.yaml")
+    with pytest.raises(ExperimentDefinitionError,
+                       match="shelf-test.target: unknown segment or persona Whales"):
+        load_engine(bare, Path(model.path), "1")
+
+
+def exposure_records(root: Path) -> list[dict]:
+    return [json.loads(line) for path in sorted((root / "raw" / "exposures").rglob("*.jsonl"))
+            for line in path.read_text().splitlines()]
+
+
+STABLE_PEOPLE = [f"visitor-{n:03d}" for n in range(40)]
+
+
+def test_assignment_is_stable_across_a_restart_and_exposures_are_flushed_at_shutdown(service):
+    """Two `bentoml serve` processes one after the other give every person the same arm; the
+    first one's exposures reach storage when it stops (its batches never filled)."""
+    def arms() -> dict[str, tuple]:
+        answers = {user: post(service.base, "/decide", {
+            "user_id": user, "slot": "hero", "context": {"consent_personalization": True}}).json()
+            for user in STABLE_PEOPLE}
+        return {user: (a["variant"], a["enrolled"]) for user, a in answers.items()}
+
+    before = arms()
+    assert {enrolled for _, enrolled in before.values()} == {True, False}
+    assert exposure_records(service.root) == []  # buffered: nothing written while running
+    service.stop()
+    service.start()
+    assert arms() == before
+
+    records = exposure_records(service.root)
+    served = sorted((user, variant) for user, (variant, enrolled) in before.items() if enrolled)
+    assert sorted((r["user_id"], r["properties"]["variant"]) for r in records
+                  if r["user_id"] in STABLE_PEOPLE) == served
+    sample = next(r for r in records if r["user_id"] in STABLE_PEOPLE)
+    assert sample["event_type"] == "exposure" and sample["consent"] == {"personalization": True}
+    assert sample["properties"]["experiment_id"] == "hero-test"
+    assert sample["properties"]["slot"] == "hero"
+    assert sample["properties"]["person_id"] == sample["user_id"]  # no identity/ here
+
+
+def test_exposures_from_the_service_are_ingested_and_analyzed(service, spark):
+    """The restart's exposures through the ingest job and the analysis: every bold visitor buys
+    an hour after being exposed, nobody else does."""
+    from jobs import analyze_experiment, ingest_events
+
+    config, root = service.config, service.root
+    records = [r for r in exposure_records(root)
+               if r["properties"]["experiment_id"] == "hero-test"]
+    first = {}
+    for record in records:
+        first.setdefault(record["user_id"], record)
+    people = {variant: {user for user, r in first.items() if r["properties"]["variant"] == variant}
+              for variant in ("plain", "bold")}
+    assert people["plain"] and people["bold"]
+    purchases = root / "raw" / "conversions" / "purchases.jsonl"
+    purchases.parent.mkdir(parents=True)
+    purchases.write_text("".join(json.dumps({
+        "event_id": f"buy-{user}", "event_type": "purchase", "user_id": user, "item_id": "i01",
+        "price": 10, "consent": {"personalization": True, "analytics": True},
+        "timestamp": (datetime.fromisoformat(first[user]["timestamp"])
+                      + timedelta(seconds=1)).isoformat()}) + "\n" for user in people["bold"]))
+    execute("ingest_events", config, lambda job: ingest_events.ingest(job, str(root / "raw")),
+            spark=spark)
+    experiment = analyze_experiment.find_experiment(config, "hero-test")
+    summary = execute("analyze_experiment", config,
+                      lambda job: analyze_experiment.analyze(job, experiment), spark=spark)
+    assert summary["analyzed"] is True and summary["people"] == len(first)
+    report = json.loads((root / "experiments" / "hero-test" / "report.json").read_text())
+    rows = {row["variant"]: row for row in report["variants"]}
+    assert rows["plain"]["people"] == len(people["plain"]) and rows["plain"]["converted"] == 0
+    assert rows["bold"]["people"] == rows["bold"]["converted"] == len(people["bold"])
 
 
 def test_build_without_a_champion_says_so(spark, tmp_path):
