@@ -60,6 +60,18 @@ def test_the_shipped_definitions_are_valid():
     assert {e.type for e in loaded.experiments} == {"abn", "multivariate"}
 
 
+def test_the_shipped_rules_test_real_arms_of_the_shipped_experiments():
+    """A rule on `variant` names an arm of an experiment on its own slot (a typo would never fire)."""
+    from serving.rules import load_rules
+
+    loaded = load_experiments(REPO / "conf" / "experiments.yaml", KNOWN | {
+        "Cannot Lose Them", "Hibernating", "About to Sleep"}, EVENT_TYPES)
+    arms = {(e.slot, name) for e in loaded.experiments for name in e.variant_names}
+    tested = {(r.rule.slot, r.rule.when["variant"]) for r in load_rules(REPO / "conf" / "rules.yaml").rules
+              if "variant" in r.rule.when}
+    assert tested and tested <= arms
+
+
 @pytest.mark.parametrize("definitions, expected", [
     ([abn(variants=[{"name": "a", "weight": 0.5}, {"name": "b", "weight": 0.4}])],
      "experiments.banner: variants: weights sum to 0.9, not 1"),
