@@ -91,7 +91,7 @@ def nothing_to_do(job: JobRun, reason: str, **counts) -> dict:
 
 def train(job: JobRun) -> dict:
     """The job body (see the module docstring); returns the counts written to audit/."""
-    from training.evaluation import confidence_matrix, recipe, split_events
+    from training.evaluation import recipe, split_events
     from training.spark_interactions import as_of_end
 
     training = job.config.training
@@ -108,14 +108,13 @@ def train(job: JobRun) -> dict:
                   training.half_life_days, training.weighting, training.bm25, training.binarize)
     split = split_events(table, training.weights, as_of, training.split.method,
                          training.split.ratio, training.split.seed, training.split.test_days)
-    positive = confidence_matrix(table, spec, as_of, split.person_ids, split.item_ids).matrix.nnz
-    if positive == 0:
+    if split.positive_pairs == 0:
         return nothing_to_do(job, "no consented interactions with a positive weight",
                              consented_people=len(people), item_event_rows=len(table))
     job.outputs = [job.storage.uri("recommendations")]
     counts = {"trained": True, "events_digest": digest, "as_of": as_of.isoformat(),
               "consented_people": len(people), "people_with_items": len(split.person_ids),
-              "items": len(split.item_ids), "interactions": positive,
+              "items": len(split.item_ids), "interactions": split.positive_pairs,
               "test_people": int((split.relevant.getnnz(axis=1) > 0).sum())}
     counts.update(track_and_register(job, spec, split, table, people, digest))
     return counts

@@ -71,13 +71,16 @@ def fit(spec: Mapping, events: pd.DataFrame, as_of: pd.Timestamp,
 
 @dataclass(frozen=True)
 class Split:
-    """Train events, the test relevance matrix and the shared id space, fixed for one run."""
+    """Train events, the test relevance matrix and the shared id space, fixed for one run;
+    ``positive_pairs`` counts the (person, item) pairs with a positive confidence on either
+    side (every pair is on one side only), i.e. what there is to learn from at all."""
 
     train: pd.DataFrame
     relevant: sp.csr_matrix
     person_ids: np.ndarray
     item_ids: np.ndarray
     as_of: pd.Timestamp
+    positive_pairs: int
 
 
 def split_events(events: pd.DataFrame, weights: Mapping, as_of: pd.Timestamp,
@@ -96,9 +99,12 @@ def split_events(events: pd.DataFrame, weights: Mapping, as_of: pd.Timestamp,
         raise ValueError(f"split method must be per_user or time, got {method!r}")
     person_ids = np.sort(events["person_id"].unique())
     item_ids = np.sort(events["item_id"].unique())
-    relevant = build_interactions(test, weights, binarize=True,
-                                  person_ids=person_ids, item_ids=item_ids).matrix
-    return Split(train, relevant, person_ids, item_ids, as_of)
+    relevant, liked_in_train = (
+        build_interactions(side, weights, binarize=True,
+                           person_ids=person_ids, item_ids=item_ids).matrix
+        for side in (test, train))
+    return Split(train, relevant, person_ids, item_ids, as_of,
+                 positive_pairs=relevant.nnz + liked_in_train.nnz)
 
 
 def score(fitted: FittedRecommender, relevant: sp.csr_matrix, k: int) -> dict:
