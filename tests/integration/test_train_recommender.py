@@ -189,7 +189,8 @@ def test_movielens_end_to_end(spark, tracked_config, tmp_path):
                                                   index=False)
     dump = import_dataset("movielens", sample, tmp_path / "raw")
     config = tracked_config("training.tuning.enabled=true", "training.tuning.n_trials=2",
-                            "training.tuning.models=[als,item_item]", "training.params.als.iterations=5")
+                            "training.tuning.models=[als,item_item]",
+                            "training.tuning.space.als.iterations=[5]")
     execute("ingest_events", config,
             lambda job: ingest_events.ingest(job, str(tmp_path / "raw")), spark=spark)
 
@@ -203,7 +204,7 @@ def test_movielens_end_to_end(spark, tracked_config, tmp_path):
     children = client.search_runs([run.info.experiment_id],
                                   f"tags.mlflow.parentRunId = '{run.info.run_id}'")
     roles = sorted(child.data.tags["role"] for child in children)
-    assert roles == ["baseline"] + ["tuning_trial"] * 2 * 2 * 2  # models x weightings x n_trials
+    assert roles == ["baseline"] + ["tuning_trial"] * 2 * 4 * 2  # models x weightings x n_trials
     baseline = next(c for c in children if c.data.tags["role"] == "baseline")
     assert counts["test_metrics"]["ndcg_at_10"] > baseline.data.metrics["ndcg_at_10"]
     assert {"fit_seconds", "validation_ndcg_at_10"} <= set(

@@ -31,3 +31,11 @@ def test_without_tuned_models_the_configured_model_is_tuned():
     config = load_config(None, ["training.model=popularity", "training.tuning.models=[]"], environ={})
     with pytest.raises(ConfigError, match="no search space for model 'popularity'"):
         check_training_config(config.training)
+
+
+def test_default_search_covers_iterations_and_every_weighting():
+    """Issue 6: tuning searches factors, regularization, alpha, iterations and weighting."""
+    tuning = load_config(environ={}).training.tuning
+    assert {"factors", "regularization", "alpha", "iterations"} <= set(tuning.space["als"])
+    assert {w.weighting for w in tuning.weightings} == {"none", "bm25", "tfidf"}
+    assert {w.binarize for w in tuning.weightings} == {False, True}
