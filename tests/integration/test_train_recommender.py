@@ -224,6 +224,11 @@ def test_movielens_end_to_end(spark, tracked_config, tmp_path):
     mlflow.set_tracking_uri(config.mlflow.tracking_uri)
     mlflow.set_registry_uri(config.mlflow.tracking_uri)
     model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    assert model.metadata.get_input_schema().input_names() == ["person_id"]
+    assert [param.name for param in model.metadata.get_params_schema().params] == ["k"]
+    assert model.metadata.get_output_schema().input_names() == ["person_id", "item_id", "rank",
+                                                                "score"]
+    assert model.input_example.columns.tolist() == ["person_id"]
     served = model.predict(pd.DataFrame({"person_id": ["7", "nobody"]}), params={"k": 3})
     batch = recs[(recs.person_id == "7") & (recs["rank"] <= 3)]
     assert served[served.person_id == "7"].item_id.tolist() == batch.item_id.tolist()
