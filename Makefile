@@ -73,8 +73,14 @@ bench-serve: WANT_WRK := 1
 bench-serve: setup
 	PYTHONPATH=$(CURDIR) $(PY) bench/serve_bench.py --out bench/report.md
 
+# The store the jobs track to: MLFLOW_TRACKING_URI when set, else the embedded default. A
+# tracking server (http[s]://) is its own UI.
 mlflow-ui: setup
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///var/mlflow.db --host 127.0.0.1 --port 5000
+	@store="$${MLFLOW_TRACKING_URI:-sqlite:///var/mlflow.db}"; \
+	case "$$store" in \
+	  http://*|https://*) echo "MLflow UI: $$store (the tracking server)";; \
+	  *) $(VENV)/bin/mlflow ui --backend-store-uri "$$store" --host 127.0.0.1 --port 5000;; \
+	esac
 
 clean:
 	rm -rf var spark-warehouse
