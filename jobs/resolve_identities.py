@@ -76,14 +76,15 @@ def with_trait_records(job: JobRun, events):
 
 
 def resolve(job: JobRun) -> dict:
-    from pyspark.sql import functions as F
-
     events_uri, identity_uri = job.storage.uri("events"), job.storage.uri("identity")
-    job.inputs, job.outputs = [events_uri], [identity_uri]
-    events = job.spark.read.parquet(events_uri) if job.storage.has_parquet(events_uri) else None
+    job.outputs = [identity_uri]
+    events = None
+    if job.storage.has_parquet(events_uri):
+        job.inputs.append(events_uri)
+        events = job.spark.read.parquet(events_uri)
     observations = with_trait_records(job, events)
     if observations is None:
-        job.say("no events yet: nothing to resolve")
+        job.say("no events or trait records yet: nothing to resolve")
         return {"persons": 0, "identifiers": 0}
     settings = job.config.identity
     links = (stitched_links(job, events) if settings.stitching.enabled and events is not None
@@ -94,36 +95,48 @@ def resolve(job: JobRun) -> dict:
                         .write.parquet(uri), job.run_id)
 
     identity = job.spark.read.parquet(identity_uri)
+    counts = {**identity_report(identity, result.refused), "rounds": result.rounds,
+              "withdrawn_consent_identifiers": suppress_withdrawn(job, events, identity)}
+    job.say(f"{counts['identifiers']} identifiers -> {counts['persons']} persons "
+            f"in {counts['rounds']} rounds; component sizes {counts['component_sizes']}")
+    job.say(f"suppression list: {counts['withdrawn_consent_identifiers']} identifiers of persons who withdrew consent")
+    if counts["refused_identifiers"]:
+        job.say(f"refused as too connected (> {settings.max_links} links), by type: "
+                f"{counts['refused_identifiers']} (identity/ rows with refused = true)")
+    return counts
+
+
+def identity_report(identity, refused) -> dict:
+    """Persons, identifiers, component sizes (persons per size bucket) and the identifiers
+    refused as too connected, counted per type: the report names no identifier, so the
+    append-only audit log keeps nothing a later forget would have to erase."""
+    from pyspark.sql import functions as F
+
     sizes = identity.groupBy("person_id").count()
     distribution: dict[str, int] = {}
     for row in sizes.groupBy(F.col("count").alias("size")).agg(F.count("*").alias("persons")).collect():
         bucket = size_bucket(row["size"])
         distribution[bucket] = distribution.get(bucket, 0) + row["persons"]
-    distribution = dict(sorted(distribution.items(), key=lambda item: _bucket_order(item[0])))
-    refused = [f"{r.identifier_type}:{r.identifier[:12]}… ({r.links} links)"
-               for r in result.refused.orderBy(F.desc("links")).limit(20).collect()]
-    counts = {"identifiers": identity.count(), "persons": sizes.count(), "rounds": result.rounds,
-              "component_sizes": distribution,
-              "refused_identifiers": result.refused.count(),
-              "withdrawn_consent_identifiers": suppress_withdrawn(job, events, identity)}
-    job.say(f"{counts['identifiers']} identifiers -> {counts['persons']} persons "
-            f"in {counts['rounds']} rounds; component sizes {counts['component_sizes']}")
-    job.say(f"suppression list: {counts['withdrawn_consent_identifiers']} identifiers of persons who withdrew consent")
-    if refused:
-        job.say(f"refused as too connected (> {job.config.identity.max_links} links): "
-                + ", ".join(refused))
-    return counts
+    refused_by_type = {row.identifier_type: row["count"]
+                       for row in refused.groupBy("identifier_type").count().collect()}
+    return {"identifiers": identity.count(), "persons": sizes.count(),
+            "component_sizes": dict(sorted(distribution.items(),
+                                           key=lambda item: _bucket_order(item[0]))),
+            "refused_identifiers": dict(sorted(refused_by_type.items()))}
 
 
 def suppress_withdrawn(job: JobRun, events, identity) -> int:
     """Rewrite the suppression list of everyone whose consent is now withdrawn (all of their
-    identifiers), so the service stops personalizing for them without waiting for a rebuild."""
-    withdrawn = withdrawn_persons(with_person_id(events, identity))
-    identifiers = identity.join(withdrawn, "person_id").select("identifier_type", "identifier")
+    identifiers), so the service stops personalizing for them without waiting for a rebuild.
+    Without events (a CRM-only root) nobody has withdrawn, and the list is emptied."""
+    identifiers = []
+    if events is not None:
+        withdrawn = withdrawn_persons(with_person_id(events, identity))
+        identifiers = ((row.identifier_type, row.identifier) for row in identity.join(
+            withdrawn, "person_id").select("identifier_type", "identifier").toLocalIterator())
     job.outputs.append(job.storage.uri(SUPPRESSION_FOLDER, f"{WITHDRAWN_LIST}.jsonl"))
-    return write_list(job.storage, WITHDRAWN_LIST,
-                      ((row.identifier_type, row.identifier) for row in identifiers.toLocalIterator()),
-                      job.config.pii.effective_key(), "consent_withdrawn")
+    return write_list(job.storage, WITHDRAWN_LIST, identifiers, job.config.pii.effective_key(),
+                      "consent_withdrawn")
 
 
 @click.command("identities")

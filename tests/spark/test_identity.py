@@ -1,9 +1,14 @@
-"""Identity resolution: chains, stars, cross-channel merges, the shared kiosk, stability, scale."""
+"""Identity resolution: chains, stars, cross-channel merges, the shared kiosk, stability, scale;
+the job's report in its audit line and a root with CRM records but no events yet."""
+import json
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from pyspark.sql import functions as F
 
 from features.identity import primary_user_ids, resolve_identities, with_person_id
+from jobs.resolve_identities import resolve
+from jobs.runtime import execute
 
 SCHEMA = ("event_id string, event_time timestamp, user_id string, email_hash string, "
           "phone_hash string, anonymous_id string")
@@ -136,3 +141,45 @@ def test_probabilistic_stitching_links_only_confident_pairs(spark):
     everything = probabilistic_links(events, "device_fingerprint", "network", 30, 0.1).collect()
     assert {(r.a, r.b) for r in everything} == {
         ("anonymous_id:laptop", "anonymous_id:tablet"), ("anonymous_id:stranger", "anonymous_id:tablet")}
+
+
+def audit_lines(root: Path, job: str) -> list[dict]:
+    return [json.loads(line) for path in sorted((root / "audit").rglob("*.jsonl"))
+            for line in path.read_text().splitlines() if json.loads(line)["job"] == job]
+
+
+def test_report_counts_persons_sizes_and_refused_identifiers_by_type_only(spark, make_config, tmp_path):
+    rows = ([(f"u{i}", None, None, "kiosk") for i in range(25)]          # a shared kiosk device
+            + [(f"u{i}", "h-placeholder", None, None) for i in range(30)]  # test@test.com
+            + [("ann", None, None, "ann-phone"), ("ann", "h-ann", None, None)])
+    consented = events(spark, rows).select(
+        "*", F.lit("view_item").alias("event_type"),
+        F.lit(True).alias("consent_personalization"), F.lit(True).alias("consent_analytics"))
+    consented.write.parquet(str(tmp_path / "root" / "events"))
+
+    counts = execute("resolve_identities", make_config(f"storage.root={tmp_path}/root"), resolve,
+                     spark=spark)
+
+    report = {key: counts[key] for key in
+              ("identifiers", "persons", "component_sizes", "refused_identifiers")}
+    assert report == {"identifiers": 35, "persons": 33, "component_sizes": {"1": 32, "3-5": 1},
+                      "refused_identifiers": {"anonymous_id": 1, "email_hash": 1}}
+    (line,) = audit_lines(tmp_path / "root", "resolve_identities")
+    assert line["status"] == "succeeded" and line["counts"] == counts
+    assert "kiosk" not in json.dumps(line) and "h-placeholder" not in json.dumps(line)
+
+
+def test_root_with_trait_records_but_no_events(spark, make_config, tmp_path):
+    root = tmp_path / "root"
+    spark.createDataFrame(
+        [("r1", T0, "crm-1", None, "h-1", None), ("r2", T0, "crm-2", None, None, None),
+         ("r3", T0, None, None, "h-1", "+h-phone")],
+        "record_id string, observed_at timestamp, user_id string, anonymous_id string, "
+        "email_hash string, phone_hash string").write.parquet(str(root / "traits"))
+
+    counts = execute("resolve_identities", make_config(f"storage.root={root}"), resolve, spark=spark)
+
+    assert (counts["persons"], counts["identifiers"], counts["withdrawn_consent_identifiers"]) == (2, 4, 0)
+    assert (root / "suppression" / "consent_withdrawn.jsonl").read_text() == ""
+    (line,) = audit_lines(root, "resolve_identities")
+    assert line["inputs"] == [f"file://{root}/traits"]
