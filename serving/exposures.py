@@ -17,6 +17,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from datetime import datetime, timezone
 
@@ -83,7 +84,7 @@ class ExposureWriter:
             raise ValueError("batch_size must be >= 1 and max_age_seconds > 0")
         self.sink, self.batch_size, self.max_age = sink, batch_size, max_age_seconds
         self.clock = clock
-        self.written: list[str] = []
+        self.written: deque[str] = deque(maxlen=1000)  # the latest files (a service runs for weeks)
         self._buffer: list[dict] = []
         self._oldest: float | None = None
         self._lock = threading.Lock()  # the buffer

@@ -567,6 +567,21 @@ def test_engine_starts_without_tables_or_rules_and_refuses_failing_files(service
         load_engine(bare, Path(model.path), "1")
 
 
+def test_similar_items_never_answer_a_nan_score(service, tmp_path, monkeypatch):
+    """A model can give NaN similarities (an item's zero vector); JSON can't carry them."""
+    from bentoml._internal.models import ModelStore
+
+    from serving.service import load_engine
+
+    config = service.config.model_copy(deep=True)
+    config.storage.root = str(tmp_path / "empty-root")
+    model = ModelStore(Path(config.serving.bentoml_home) / "models").get("tailor-recommender:v1")
+    engine, _ = load_engine(config, Path(model.path), "1")
+    monkeypatch.setattr(engine.fitted.recommender, "similar_items",
+                        lambda items, k: (np.array([[3, 5]]), np.array([[np.nan, 0.5]])))
+    assert engine.similar_items("i01", 2)["items"] == [{"item_id": "i05", "score": 0.5}]
+
+
 def exposure_records(root: Path) -> list[dict]:
     return [json.loads(line) for path in sorted((root / "raw" / "exposures").rglob("*.jsonl"))
             for line in path.read_text().splitlines()]
