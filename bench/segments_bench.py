@@ -3,17 +3,19 @@
     .venv/bin/python bench/segments_bench.py --out bench/report.md [--people 1000000]
 
 Synthetic feature tables (features/behaviour, features/rfm, features/embeddings/persons, as
-the features job writes them) for N people drawn from three planted personas are generated
-once under bench/work/ — no ingest. Then `tailor segment` runs on them as a user runs it
-(local[2], the default driver heap, a local SQLite MLflow store), in a subprocess whose
-process tree is sampled for peak RSS by bench/run.py's `run_measured`. With 1M people and more
-the job takes the Spark path (BisectingKMeans, k chosen by k-means silhouettes on a sample).
-There are no events, so the rule segments are skipped: this times the clustering. The report
-section sits between `<!-- segments:start -->` and `<!-- segments:end -->`.
+the features job writes them) for N people drawn from three planted personas (`PLANTED`, the
+one definition the clustering tests use too) are generated once under bench/work/ — no
+ingest. Then `tailor segment` runs on them as a user runs it (local[2], the default driver
+heap, a local SQLite MLflow store), in a subprocess whose process tree is sampled for peak
+RSS by bench/run.py's `run_measured`. With 1M people and more the job takes the Spark path
+(BisectingKMeans leaves merged by Ward, k by silhouette on a sample). There are no events, so
+the rule segments are skipped: this times the clustering. The report section sits between
+`<!-- segments:start -->` and `<!-- segments:end -->`.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -30,72 +32,100 @@ if str(REPO) not in sys.path:  # run as a file: make the checkout importable
     sys.path.insert(0, str(REPO))
 
 from bench.run import machine_facts, run_measured, write_section  # noqa: E402
+from jobs.sample_data import PERSONA_SHARES  # noqa: E402
 
 WORK = REPO / "bench" / "work"
 CHUNK = 250_000
 DIMS = 16
 GIB = 1024 ** 3
-# persona: (share, means of the behaviour/rfm columns that tell them apart)
-PERSONAS = {
-    "trendsetter": (0.15, {"days_active": 20, "new_arrival_purchase_share": 0.7,
-                           "discounted_purchase_share": 0.1, "mean_session_seconds": 300,
-                           "frequency": 8, "events": 200}),
-    "deal_seeker": (0.35, {"days_active": 10, "new_arrival_purchase_share": 0.1,
-                           "discounted_purchase_share": 0.8, "mean_session_seconds": 250,
-                           "frequency": 4, "events": 80}),
-    "occasional_browser": (0.5, {"days_active": 3, "new_arrival_purchase_share": 0.1,
-                                 "discounted_purchase_share": 0.15, "mean_session_seconds": 900,
-                                 "frequency": 1, "events": 15}),
+TRAIT_NOISE = 0.2  # each planted trait is its persona's mean × lognormal(0, TRAIT_NOISE)
+# The sample generator's personas (jobs.sample_data) as the feature means they produce: per
+# day, trendsetters have ~0.45 sessions, deal seekers ~0.1 (0.06, and 0.6 on the ~1/15 of days
+# in a sale), occasional browsers 0.05 — about 4.7 : 1 : 0.5 — with 3–8 / 2–7 / 1–4 product
+# views of 8–40 / 5–25 / 60–300 s each, one or two favourite categories for the browsers.
+PLANTED = {
+    "trendsetter": {"days_active": 24, "events": 250, "frequency": 8, "mean_session_seconds": 130,
+                    "new_arrival_purchase_share": 0.7, "discounted_purchase_share": 0.1,
+                    "category_concentration": 0.3},
+    "deal_seeker": {"days_active": 6, "events": 50, "frequency": 3, "mean_session_seconds": 70,
+                    "new_arrival_purchase_share": 0.1, "discounted_purchase_share": 0.8,
+                    "category_concentration": 0.3},
+    "occasional_browser": {"days_active": 3, "events": 12, "frequency": 1,
+                           "mean_session_seconds": 450, "new_arrival_purchase_share": 0.1,
+                           "discounted_purchase_share": 0.15, "category_concentration": 0.8},
 }
+# The persona each planted one must be named by training/personas.py's rule table.
+PERSONA_NAMES = {"trendsetter": "Trendsetters", "deal_seeker": "Deal Seekers",
+                 "occasional_browser": "Occasional Browsers"}
+_COUNTS = ("days_active", "events", "frequency")
+_SHARES = ("new_arrival_purchase_share", "discounted_purchase_share", "category_concentration")
 
 
-def _noisy(rng, mean: float, n: int) -> np.ndarray:
-    return mean * rng.lognormal(0, 0.2, n)
+def planted_people(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """(features, planted persona per row) for `n` people in the sample generator's persona
+    shares: the PLANTED traits with their noise (counts rounded, at least 1; shares in [0, 1];
+    5% without a discount share, as people the data says nothing about), and the other
+    behaviour and RFM columns the job clusters on drawn independently of the persona — noise
+    the clustering has to see through."""
+    rng = np.random.default_rng(seed)
+    names = list(PERSONA_SHARES)
+    personas = np.array(names)[rng.choice(len(names), n, p=list(PERSONA_SHARES.values()))]
+    frame = pd.DataFrame({trait: pd.Series(personas).map({p: PLANTED[p][trait] for p in names})
+                          .to_numpy(float) * rng.lognormal(0, TRAIT_NOISE, n)
+                          for trait in PLANTED[names[0]]})
+    for trait in _COUNTS:
+        frame[trait] = np.maximum(1, frame[trait].round()).astype("int64")
+    for trait in _SHARES:
+        frame[trait] = frame[trait].clip(0, 1)
+    frame.loc[rng.random(n) < 0.05, "discounted_purchase_share"] = np.nan
+    frame = frame.assign(
+        recency_weighted_events=frame["events"] * rng.uniform(0.2, 0.8, n),
+        sessions=np.maximum(1, frame["events"] // 5), devices=rng.integers(1, 4, n),
+        email_campaigns_sent=rng.integers(0, 10, n), email_open_rate=rng.uniform(0, 1, n),
+        email_click_rate=rng.uniform(0, 0.3, n), view_to_cart_rate=rng.uniform(0, 0.5, n),
+        view_to_purchase_rate=rng.uniform(0, 0.2, n), recency_days=rng.integers(0, 365, n),
+        monetary_total=frame["frequency"] * rng.lognormal(3.5, 0.5, n))
+    return frame, personas
+
+
+def _affinity(concentration: np.ndarray) -> pa.MapArray:
+    """category_affinity over four categories whose largest share is `concentration`."""
+    first = np.clip(concentration, 0.25, 1.0)
+    shares = np.column_stack([first, *[(1 - first) / 3] * 3])
+    return pa.MapArray.from_arrays(np.arange(0, 4 * len(first) + 1, 4, dtype=np.int32),
+                                   pa.array(np.tile(["c00", "c01", "c02", "c03"], len(first))),
+                                   pa.array(shares.ravel()))
 
 
 def ensure_features(people: int, seed: int) -> Path:
-    """features/ for `people` people under bench/work/, made once; truth.parquet beside it."""
-    root = WORK / f"segments-{people}-seed{seed}"
+    """features/ for `people` planted people under bench/work/, made once; truth.parquet beside it."""
+    definition = json.dumps([PLANTED, PERSONA_SHARES, TRAIT_NOISE, DIMS], sort_keys=True)
+    digest = hashlib.sha256(definition.encode()).hexdigest()[:8]  # a changed definition: new data
+    root = WORK / f"segments-{people}-seed{seed}-{digest}"
     if (root / "_SUCCESS").exists():
         return root
     shutil.rmtree(root, ignore_errors=True)
     for folder in ("features/behaviour", "features/rfm", "features/embeddings/persons"):
         (root / folder).mkdir(parents=True)
     rng = np.random.default_rng(seed)
-    names = list(PERSONAS)
     truth = []
     for part, first in enumerate(range(0, people, CHUNK)):
         n = min(CHUNK, people - first)
-        persona = rng.choice(len(names), n, p=[PERSONAS[p][0] for p in names])
-        means = {f: np.array([PERSONAS[p][1][f] for p in names])[persona] for f in PERSONAS[names[0]][1]}
+        frame, personas = planted_people(n, seed + part)
         ids = pd.Series(np.arange(first, first + n)).map("p{:08d}".format)
         users = "u" + ids.str[1:]
-        truth.append(pd.DataFrame({"user_id": users, "planted": np.array(names)[persona]}))
-        events = np.maximum(1, _noisy(rng, means["events"], n)).round()
-        category_share = np.clip(rng.normal(np.where(persona == 2, 0.8, 0.3), 0.1), 0.05, 1.0)
-        affinity = pa.MapArray.from_arrays(np.arange(0, 2 * n + 1, 2, dtype=np.int32),
-                                           pa.array(np.tile(["c00", "c01"], n)),
-                                           pa.array(np.column_stack([category_share, 1 - category_share]).ravel()))
-        behaviour = pa.table({
-            "person_id": ids, "user_id": users, "events": events.astype("int64"),
-            "days_active": np.maximum(1, _noisy(rng, means["days_active"], n)).round().astype("int64"),
-            "recency_weighted_events": events * rng.uniform(0.2, 0.8, n),
-            "category_affinity": affinity,
-            "discounted_purchase_share": np.clip(_noisy(rng, means["discounted_purchase_share"], n), 0, 1),
-            "new_arrival_purchase_share": np.clip(_noisy(rng, means["new_arrival_purchase_share"], n), 0, 1),
-            "email_campaigns_sent": rng.integers(0, 10, n),
-            "email_open_rate": rng.uniform(0, 1, n), "email_click_rate": rng.uniform(0, 0.3, n),
-            "devices": rng.integers(1, 4, n), "sessions": np.maximum(1, events // 5).astype("int64"),
-            "mean_session_seconds": _noisy(rng, means["mean_session_seconds"], n),
-            "view_to_cart_rate": rng.uniform(0, 0.5, n), "view_to_purchase_rate": rng.uniform(0, 0.2, n),
-        })
-        frequency = np.maximum(1, _noisy(rng, means["frequency"], n)).round().astype("int64")
-        rfm = pa.table({
-            "person_id": ids, "user_id": users, "recency_days": rng.integers(0, 365, n),
-            "frequency": frequency, "monetary_total": frequency * rng.lognormal(3.5, 0.5, n),
-            "rfm_segment": rng.choice(["Champions", "Loyal", "At Risk", "Lost"], n),
-        })
-        vectors = rng.normal(0, 1, (n, DIMS)) * 0.1 + persona[:, None] * 0.05
+        truth.append(pd.DataFrame({"user_id": users, "planted": personas}))
+        rfm_columns = ["recency_days", "frequency", "monetary_total"]
+        behaviour = pa.Table.from_pandas(
+            frame.drop(columns=[*rfm_columns, "category_concentration"]).assign(
+                person_id=ids, user_id=users), preserve_index=False)
+        behaviour = behaviour.append_column("category_affinity",
+                                            _affinity(frame["category_concentration"].to_numpy()))
+        rfm = pa.Table.from_pandas(frame[rfm_columns].assign(
+            person_id=ids, user_id=users,
+            rfm_segment=rng.choice(["Champions", "Loyal", "At Risk", "Lost"], n)), preserve_index=False)
+        index = pd.Series(personas).map({p: i for i, p in enumerate(PLANTED)}).to_numpy()
+        vectors = rng.normal(0, 1, (n, DIMS)) * 0.1 + index[:, None] * 0.05
         embeddings = pa.table({"person_id": ids, "user_id": users,
                                "vector": pa.FixedSizeListArray.from_arrays(vectors.ravel(), DIMS)
                                .cast(pa.list_(pa.float64()))})
@@ -150,10 +180,12 @@ def section(r: dict) -> str:
         "",
         f"`tailor segment` on synthetic feature tables of {r['people']:,} people (features/behaviour, "
         "features/rfm, features/embeddings/persons written directly by bench/segments_bench.py, "
-        "three planted personas: 15% trendsetters, 35% deal seekers, 50% occasional browsers; no "
+        "three planted personas in jobs/sample_data.py's shares: "
+        + ", ".join(f"{share:.0%} {name}s" for name, share in PERSONA_SHARES.items()) + "; no "
         "events, so the rule segments are skipped). From `segmentation.spark_min_people` (1M) the "
-        "job runs Spark's BisectingKMeans over everyone, k chosen by k-means silhouettes on a "
-        "5,000-person sample; silhouette and Davies–Bouldin on a sample; MLflow in a local SQLite "
+        "job runs Spark's BisectingKMeans over everyone into `segmentation.spark_leaves` leaves, "
+        "merged by Ward into the k with the best silhouette on a 5,000-person sample; silhouette "
+        "and Davies–Bouldin on a sample; MLflow in a local SQLite "
         "store. local[2], default driver heap; peak RSS is the whole process tree (Python + JVM), "
         "sampled every 0.2 s; wall time includes JVM start-up.",
         "",

@@ -195,6 +195,7 @@ class SegmentationConfig(_Strict):
     max_sample: int = Field(default=20000, gt=1)
     micro_clusters: int = Field(default=200, gt=1)
     spark_min_people: int = Field(default=1_000_000, gt=0)
+    spark_leaves: int = Field(default=16, ge=2)
     max_noise_share: float = Field(default=0.2, ge=0, le=1)
     features: list[str] = []
     log_features: list[str] = []

@@ -75,7 +75,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 DEFAULT_END_DATE = dt.date(2024, 6, 30)
-PERSONAS = ("trendsetter", "deal_seeker", "occasional_browser")
+PERSONA_SHARES = {"trendsetter": 0.15, "deal_seeker": 0.35, "occasional_browser": 0.5}
+PERSONAS = tuple(PERSONA_SHARES)
 BAD_KINDS = (
     "malformed_json",
     "missing_timestamp",
@@ -94,7 +95,7 @@ DUPLICATE_RATE = 0.005
 PARQUET_FILE = "flat-events.parquet"
 PARQUET_USER_EVERY = 16  # flat events of every 16th person go to the Parquet file
 
-_PERSONA_CUM_WEIGHTS = (0.15, 0.50, 1.0)
+_PERSONA_CUM_WEIGHTS = tuple(accumulate(PERSONA_SHARES.values()))
 _CATEGORIES = {  # category: (median list price, product nouns)
     "apparel": (35.0, ("T-Shirt", "Hoodie", "Jacket", "Dress", "Jeans", "Sweater")),
     "shoes": (80.0, ("Sneaker", "Boot", "Sandal", "Loafer", "Runner")),

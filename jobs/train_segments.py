@@ -6,11 +6,12 @@
 Clustering reads features/ (behaviour, rfm, embeddings) and profiles/ when it exists, builds
 one standardized row per person (training.segmentation) and runs each configured method in
 memory (training.clustering) — or, from `segmentation.spark_min_people` people on, Spark's
-BisectingKMeans with k chosen on a sample. Each method is a nested MLflow run (silhouette,
-Davies–Bouldin, sizes, profile table, projection and heatmap plots); the chosen one — the best
-silhouette among those with at least two segments and at most `max_noise_share` noise — is
-registered as `segmentation.model_name` and becomes `champion` (training.registry records the
-version it replaced in the tag `previous_champion`, as for the recommender).
+BisectingKMeans (its leaves merged by Ward, k by silhouette on a sample). Each method is a nested
+MLflow run (silhouette, Davies–Bouldin, sizes, profile table, projection and heatmap plots);
+the chosen one — the best silhouette among those with at least two segments and at most
+`max_noise_share` noise — is registered as `segmentation.model_name` and becomes `champion`
+(training.registry records the version it replaced in the tag `previous_champion`, as for the
+recommender).
 
 Rule segments (conf/segments.yaml, features.rule_segments) are evaluated over the consented
 events, features and profiles. segments/ (person_id, user_id, segment, persona, model_version)
@@ -176,12 +177,10 @@ def cluster(job: JobRun, tables: dict) -> tuple[Clustered | None, dict]:
 
 def _named(profile: pd.DataFrame) -> dict:
     """Persona names from the profile's non-embedding features."""
-    from training.clustering import z_profile
     from training.personas import name_segments
-    from training.segmentation import EMBEDDING_PREFIX
+    from training.segmentation import trait_profile
 
-    z = z_profile(profile)
-    return name_segments(z[[c for c in z.columns if not c.startswith(EMBEDDING_PREFIX)]])
+    return name_segments(trait_profile(profile))
 
 
 def in_memory_method(job: JobRun, method: str, raw: pd.DataFrame, X: np.ndarray,
@@ -201,30 +200,24 @@ def in_memory_method(job: JobRun, method: str, raw: pd.DataFrame, X: np.ndarray,
 
 
 def spark_method(job: JobRun, frame, standardizer, people: int) -> Clustered:
-    """BisectingKMeans over everyone, k chosen by k-means silhouettes on a sample."""
+    """BisectingKMeans leaves over everyone, merged into the k with the best sampled silhouette."""
     from pyspark.sql import functions as F
 
-    from training.clustering import KMeansSegmenter, cluster_metrics
-    from training.segmentation import bisecting_kmeans, spark_profile_table, z_columns
+    from training.clustering import cluster_metrics
+    from training.segmentation import bisecting_segments, spark_profile_table
 
     s = job.config.segmentation
-    fraction = min(1.0, s.silhouette_sample / people)
-    columns = standardizer.columns
-    sample = (frame.select("person_id", *z_columns(standardizer)).sample(fraction=fraction, seed=s.seed)
-              .toPandas().sort_values("person_id"))
-    chooser = KMeansSegmenter((s.k_min, s.k_max), s.seed, s.silhouette_sample).fit(sample[columns].to_numpy(float))
-    job.say(f"{people} people: BisectingKMeans with k={chooser.k_} (best k-means silhouette on "
-            f"{len(sample)} people)")
-    assigned, segmenter = bisecting_kmeans(frame, standardizer, chooser.k_, s.seed)
-    assigned = assigned.persist()
-    profile = spark_profile_table(assigned, frame, columns)
-    scored = (assigned.sample(fraction=fraction, seed=s.seed).toPandas().sort_values("person_id"))
-    X, labels = scored[columns].to_numpy(float), scored["segment"].to_numpy(int)
-    metrics = {**cluster_metrics(X, labels, s.silhouette_sample, s.seed),
+    result = bisecting_segments(frame, standardizer, (s.k_min, s.k_max), s.spark_leaves, s.seed,
+                                s.silhouette_sample)
+    job.say(f"{people} people: BisectingKMeans, {result.segmenter.params()['leaves']} leaves merged "
+            f"into k={result.segmenter.params()['k']} (best silhouette on {len(result.sample_X)} people)")
+    assigned = result.assigned.persist()
+    profile = spark_profile_table(assigned, frame, standardizer.columns)
+    metrics = {**cluster_metrics(result.sample_X, result.sample_labels, s.silhouette_sample, s.seed),
                "n_clusters": int(len(profile) - 1), "noise_share": 0.0}
-    return Clustered("bisecting_kmeans", segmenter, metrics, profile, _named(profile),
+    return Clustered("bisecting_kmeans", result.segmenter, metrics, profile, _named(profile),
                      assigned.select("person_id", "user_id", F.col("segment").cast("int")),
-                     X, labels, chooser.scores_)
+                     result.sample_X, result.sample_labels, result.k_scores)
 
 
 def log_method(job: JobRun, result: Clustered, standardizer, people: int) -> None:
@@ -232,7 +225,8 @@ def log_method(job: JobRun, result: Clustered, standardizer, people: int) -> Non
     import mlflow
 
     from training import tracking
-    from training.clustering import heatmap_figure, projection_figure, z_profile
+    from training.clustering import heatmap_figure, projection_figure
+    from training.segmentation import trait_profile
 
     s = job.config.segmentation
     sizes = {str(row["segment"]): int(row["size"]) for _, row in result.profile.iterrows()
@@ -252,9 +246,8 @@ def log_method(job: JobRun, result: Clustered, standardizer, people: int) -> Non
         mlflow.log_text(result.profile.assign(persona=result.profile["segment"].map(
             lambda seg: result.names.get(seg, "") if seg != "overall" else "")).to_csv(index=False),
             "segments/profile_table.csv")
-        z = z_profile(result.profile)
-        z = z[[c for c in z.columns if not c.startswith("emb_")]]
-        tracking.log_figure(heatmap_figure(z, result.names), "plots/profile_heatmap.png")
+        tracking.log_figure(heatmap_figure(trait_profile(result.profile), result.names),
+                            "plots/profile_heatmap.png")
         tracking.log_figure(projection_figure(result.sample_X, result.sample_labels, result.names,
                                               s.silhouette_sample, s.seed), "plots/projection.png")
         result.run_id = run.info.run_id

@@ -14,7 +14,8 @@ seed give the same labels, whatever order an algorithm happened to find its clus
   of k-means micro-clusters (one tree over their centres); the tree is cut at the k with the
   best sampled silhouette.
 
-Spark's BisectingKMeans for a million people and more is in ``training.segmentation``.
+Spark's BisectingKMeans for a million people and more is in ``training.segmentation``; its
+segments are ``LeafSegmenter``s (leaves merged into segments).
 """
 from __future__ import annotations
 
@@ -255,11 +256,16 @@ class WardSegmenter(Segmenter):
         return {"k": self.k_, "mode": self.mode_}
 
 
-class CentroidSegmenter(Segmenter):
-    """Segments given by their centres (Spark's BisectingKMeans, fitted elsewhere)."""
+class LeafSegmenter(Segmenter):
+    """Segments made of leaf clusters (Spark's BisectingKMeans leaves merged by Ward, fitted
+    elsewhere): a row joins the segment of its nearest leaf centre."""
 
-    def __init__(self, method: str, centroids: np.ndarray, chosen: dict):
-        self.method, self.centroids_, self.chosen = method, np.asarray(centroids, float), chosen
+    def __init__(self, method: str, leaf_centres: np.ndarray, leaf_segments: np.ndarray, chosen: dict):
+        self.method, self.chosen = method, chosen
+        self.leaf_centres_, self.leaf_segments_ = np.asarray(leaf_centres, float), np.asarray(leaf_segments, int)
+
+    def assign(self, X: np.ndarray) -> np.ndarray:
+        return self.leaf_segments_[nearest(X, self.leaf_centres_)[0]]
 
     def params(self) -> dict:
         return dict(self.chosen)

@@ -9,13 +9,16 @@ so the in-memory methods (training.clustering) and BisectingKMeans see the same 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import mlflow
 import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from training.clustering import CentroidSegmenter, Segmenter, Standardizer, finish_standardizer
+from training.clustering import (LeafSegmenter, Segmenter, Standardizer, choose_k,
+                                 finish_standardizer, z_profile)
 
 EMBEDDING_PREFIX = "emb_"
 _SHIFT = 10.0
@@ -44,6 +47,13 @@ def segment_features(behaviour: DataFrame, rfm: DataFrame | None = None,
     return frame.select("person_id", "user_id", *[F.col(c).cast("double").alias(c) for c in numeric])
 
 
+def trait_profile(profile: pd.DataFrame) -> pd.DataFrame:
+    """segment × feature mean z-scores (training.clustering.z_profile) without the embedding
+    dimensions: they name no persona and mean nothing to a reader of the heatmap."""
+    z = z_profile(profile)
+    return z[[c for c in z.columns if not c.startswith(EMBEDDING_PREFIX)]]
+
+
 def _prepared(column: str, standardizer: Standardizer):
     value = F.coalesce(F.col(column), F.lit(standardizer.fill[column]))
     return F.log1p(F.greatest(value, F.lit(0.0))) if column in standardizer.log_columns else value
@@ -69,9 +79,9 @@ def z_columns(standardizer: Standardizer) -> list:
                                   standardizer.weights)]
 
 
-def bisecting_kmeans(frame: DataFrame, standardizer: Standardizer, k: int, seed: int):
-    """(person_id, user_id, segment, z columns…) from Spark's BisectingKMeans with k segments,
-    and the segmenter (the leaf centres) for the registry. Segments are numbered by size."""
+def bisecting_leaves(frame: DataFrame, standardizer: Standardizer, leaves: int, seed: int):
+    """(person_id, user_id, leaf, z columns…) from Spark's BisectingKMeans with `leaves` leaf
+    clusters, the leaf centres (z-space) and each leaf's size."""
     from pyspark.ml.clustering import BisectingKMeans
     from pyspark.ml.functions import array_to_vector
 
@@ -80,14 +90,76 @@ def bisecting_kmeans(frame: DataFrame, standardizer: Standardizer, k: int, seed:
     # the root's centre is 0 and it would never split. A constant shift leaves distances alone.
     shifted = F.array(*[F.col(c) + _SHIFT for c in standardizer.columns])
     vectors = z.withColumn("features", array_to_vector(shifted))
-    model = BisectingKMeans(k=k, seed=seed, featuresCol="features", predictionCol="cluster").fit(vectors)
-    predicted = model.transform(vectors).drop("features")
+    model = BisectingKMeans(k=leaves, seed=seed, featuresCol="features", predictionCol="leaf").fit(vectors)
+    leafed = model.transform(vectors).drop("features")
     centres = np.array([np.asarray(c) for c in model.clusterCenters()]) - _SHIFT
-    sizes = dict(predicted.groupBy("cluster").count().collect())
-    order = sorted(sizes, key=lambda c: (-sizes[c], tuple(np.round(centres[c], 9))))
-    renumber = F.create_map(*[F.lit(part) for new, old in enumerate(order) for part in (old, new)])
-    assigned = predicted.withColumn("segment", renumber[F.col("cluster")]).drop("cluster")
-    return assigned, CentroidSegmenter("bisecting_kmeans", centres[order], {"k": len(order)})
+    counted = dict(leafed.groupBy("leaf").count().collect())
+    return leafed, centres, np.array([counted.get(i, 0) for i in range(len(centres))])
+
+
+def ward_cuts(centres: np.ndarray, sizes: np.ndarray, ks: list[int]) -> dict[int, np.ndarray]:
+    """For each k in `ks`, the group (0..k-1) of every leaf once the leaves are merged by Ward's
+    criterion — the pair whose merge adds least within-segment variance, size × size / (size +
+    size) × squared distance of their centres — so a big leaf weighs as many people as it holds."""
+    groups = {i: (np.asarray(c, float), float(n), [i]) for i, (c, n) in enumerate(zip(centres, sizes))}
+    cuts: dict[int, np.ndarray] = {}
+
+    def record() -> None:
+        labels = np.empty(len(centres), dtype=int)
+        for group, (_, _, members) in enumerate(groups.values()):
+            labels[members] = group
+        cuts[len(groups)] = labels
+
+    while True:
+        if len(groups) in ks:
+            record()
+        if len(groups) <= min(ks) or len(groups) == 1:
+            return cuts
+        keys = list(groups)
+        _, a, b = min((groups[a][1] * groups[b][1] / (groups[a][1] + groups[b][1])
+                       * float(np.sum((groups[a][0] - groups[b][0]) ** 2)), a, b)
+                      for i, a in enumerate(keys) for b in keys[i + 1:])
+        (ca, na, ma), (cb, nb, mb) = groups.pop(a), groups.pop(b)
+        groups[a] = ((ca * na + cb * nb) / (na + nb), na + nb, ma + mb)
+
+
+@dataclass
+class BisectingResult:
+    """BisectingKMeans' segments: everyone's (person_id, user_id, segment, z columns…), the
+    segmenter for the registry, the silhouette of each k and the sample it was scored on."""
+    assigned: DataFrame
+    segmenter: LeafSegmenter
+    k_scores: dict
+    sample_X: np.ndarray
+    sample_labels: np.ndarray
+
+
+def bisecting_segments(frame: DataFrame, standardizer: Standardizer, k_range: tuple[int, int],
+                       leaves: int, seed: int, silhouette_sample: int) -> BisectingResult:
+    """Segments of a table too big for memory: BisectingKMeans splits everyone into `leaves`
+    leaves, Ward merges the leaves (ward_cuts), and k is the cut with the best silhouette on a
+    sample of people. Bisecting alone, stopped at k, splits the largest cluster first, which
+    can cut one persona in two while leaving two merged; its leaves, merged, do not."""
+    leafed, centres, sizes = bisecting_leaves(frame, standardizer, leaves, seed)
+    people = int(sizes.sum())
+    sample = (leafed.sample(fraction=min(1.0, silhouette_sample / max(people, 1)), seed=seed)
+              .toPandas().sort_values("person_id", ignore_index=True))
+    X, leaf = sample[standardizer.columns].to_numpy(float), sample["leaf"].to_numpy(int)
+    low, high = k_range
+    cuts = ward_cuts(centres, sizes, [k for k in range(low, high + 1) if k <= len(centres)]
+                     or [len(centres)])
+    k, k_scores = choose_k(X, {k: cut[leaf] for k, cut in cuts.items()}, silhouette_sample, seed)
+    member = np.eye(k)[cuts[k]]  # leaves × groups
+    group_sizes = member.T @ sizes
+    group_centres = member.T @ (centres * sizes[:, None]) / group_sizes[:, None]
+    order = sorted(range(k), key=lambda g: (-group_sizes[g], tuple(np.round(group_centres[g], 9))))
+    rank = {group: new for new, group in enumerate(order)}
+    leaf_segment = np.array([rank[g] for g in cuts[k]])
+    segment_of = F.create_map(*[F.lit(int(part)) for i, s in enumerate(leaf_segment) for part in (i, s)])
+    assigned = leafed.withColumn("segment", segment_of[F.col("leaf")]).drop("leaf")
+    segmenter = LeafSegmenter("bisecting_kmeans", centres, leaf_segment,
+                              {"k": k, "leaves": len(centres)})
+    return BisectingResult(assigned, segmenter, k_scores, X, leaf_segment[leaf])
 
 
 def spark_profile_table(assigned: DataFrame, frame: DataFrame, columns: list[str]) -> pd.DataFrame:
@@ -110,8 +182,8 @@ def spark_profile_table(assigned: DataFrame, frame: DataFrame, columns: list[str
 class SegmenterModel(mlflow.pyfunc.PythonModel):
     """predict: rows of raw feature columns in, (segment, persona) out — the same
     standardization, segments and names as the batch run that registered it. Centroid methods
-    assign the nearest centre (for BisectingKMeans: the nearest leaf centre), DBSCAN the
-    nearest core point within eps (else -1, "Unassigned")."""
+    assign the nearest centre (for BisectingKMeans: the segment of the nearest leaf centre),
+    DBSCAN the nearest core point within eps (else -1, "Unassigned")."""
 
     def __init__(self, standardizer: Standardizer, segmenter: Segmenter, names: dict[int, str]):
         self.standardizer, self.segmenter, self.names = standardizer, segmenter, names

@@ -12,9 +12,11 @@ import pandas as pd
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
+from bench.segments_bench import PERSONA_NAMES, planted_people
 from training.clustering import (NOISE, DBSCANSegmenter, KMeansSegmenter, WardSegmenter,
                                  canonical_labels, cluster_metrics, fit_standardizer, knee_point,
                                  profile_table, z_profile)
+from training.segmentation import ward_cuts
 from training.personas import NOISE_NAME, name_segments
 
 CENTRES = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
@@ -117,6 +119,22 @@ def test_knee_of_a_k_distance_curve():
     assert knee_point(curve) == pytest.approx(0.2)
 
 
+def test_ward_cuts_merge_leaves_into_their_blobs_weighing_their_sizes():
+    # blob A in two leaves, blob B in three, blob C in one
+    centres = np.array([[0.0, 0.0], [0.5, 0.0], [10.0, 0.0], [10.0, 0.5], [10.5, 0.0], [0.0, 10.0]])
+    cuts = ward_cuts(centres, np.array([100, 100, 50, 50, 50, 40]), [2, 3, 6])
+    assert sorted(cuts) == [2, 3, 6] and len(set(cuts[6])) == 6
+    blobs_of = cuts[3]
+    assert blobs_of[0] == blobs_of[1] and blobs_of[2] == blobs_of[3] == blobs_of[4]
+    assert len({blobs_of[0], blobs_of[2], blobs_of[5]}) == 3
+    # sizes count: two one-person leaves 1.2 apart merge before one of them joins a leaf of
+    # 1000 people 1.0 away (its merge would add far more variance); alone, distance decides
+    line = np.array([[0.0], [1.0], [2.2]])
+    weighted, plain = (ward_cuts(line, np.array(sizes), [2])[2] for sizes in ([1000, 1, 1], [1, 1, 1]))
+    assert weighted[1] == weighted[2] != weighted[0]
+    assert plain[0] == plain[1] != plain[2]
+
+
 def test_canonical_labels_keep_noise_and_order_by_size():
     X = np.arange(6, dtype=float)[:, None]
     assert canonical_labels(np.array([5, 5, 9, -1, 9, 9]), X).tolist() == [1, 1, 0, -1, 0, 0]
@@ -124,29 +142,8 @@ def test_canonical_labels_keep_noise_and_order_by_size():
 
 # -- planted personas --------------------------------------------------------------------------
 
-PLANTED = {  # persona: (share, feature means) — the traits the sample data generator gives them
-    "trendsetter": (0.2, {"days_active": 25, "new_arrival_purchase_share": 0.7,
-                          "discounted_purchase_share": 0.1, "mean_session_seconds": 300,
-                          "category_concentration": 0.3, "frequency": 8}),
-    "deal_seeker": (0.35, {"days_active": 12, "new_arrival_purchase_share": 0.1,
-                           "discounted_purchase_share": 0.8, "mean_session_seconds": 250,
-                           "category_concentration": 0.3, "frequency": 4}),
-    "occasional_browser": (0.45, {"days_active": 3, "new_arrival_purchase_share": 0.1,
-                                  "discounted_purchase_share": 0.15, "mean_session_seconds": 900,
-                                  "category_concentration": 0.8, "frequency": 1}),
-}
-EXPECTED_NAMES = {"trendsetter": "Trendsetters", "deal_seeker": "Deal Seekers",
-                  "occasional_browser": "Occasional Browsers"}
-
-
-def planted_people(n: int = 1000, seed: int = 3) -> tuple[pd.DataFrame, np.ndarray]:
-    """People drawn from PLANTED with 15% noise on every trait (a few missing values too)."""
-    rng = np.random.default_rng(seed)
-    personas = rng.choice(list(PLANTED), n, p=[share for share, _ in PLANTED.values()])
-    rows = [{f: mean * rng.lognormal(0, 0.15) for f, mean in PLANTED[p][1].items()} for p in personas]
-    frame = pd.DataFrame(rows)
-    frame.loc[rng.random(n) < 0.05, "discounted_purchase_share"] = np.nan
-    return frame, personas
+LOG_COLUMNS = ["events", "days_active", "recency_weighted_events", "sessions", "mean_session_seconds",
+               "frequency", "monetary_total", "devices"]
 
 
 @pytest.mark.parametrize("make", [
@@ -156,17 +153,16 @@ def planted_people(n: int = 1000, seed: int = 3) -> tuple[pd.DataFrame, np.ndarr
 def test_planted_personas_recovered_and_named(make):
     """ARI ≥ 0.9: the personas differ by ≥ 3 noise widths in at least two traits, so a method
     that finds them should misplace well under 5% of people (ARI 0.9 allows about that); a
-    method that merged two personas would score about 0.5."""
-    frame, personas = planted_people()
-    standardizer = fit_standardizer(frame, list(frame.columns),
-                                    log_columns=["days_active", "mean_session_seconds", "frequency"])
+    method that merged two personas would score about 0.5 to 0.8."""
+    frame, personas = planted_people(1000, seed=3)
+    standardizer = fit_standardizer(frame, list(frame.columns), log_columns=LOG_COLUMNS)
     X = standardizer.transform(frame)
     model = make().fit(X)
     ari = adjusted_rand_score(personas, model.labels_)
     print(f"adjusted Rand index {model.__class__.__name__}: {ari:.3f}")
     assert ari >= 0.9
     names = name_segments(z_profile(profile_table(frame, X, model.labels_)))
-    for persona, expected in EXPECTED_NAMES.items():
+    for persona, expected in PERSONA_NAMES.items():
         majority = pd.Series(model.labels_[personas == persona]).mode()[0]
         assert names[majority] == expected
     # the same data again: the same names for the same people
