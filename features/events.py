@@ -15,6 +15,7 @@ Only Spark built-in functions are used, so nothing leaves the JVM on the hot pat
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 from datetime import datetime
 
 from pyspark.sql import Column, DataFrame, Window
@@ -79,11 +80,18 @@ def _text(m: Column, *keys: str) -> Column:
 
 
 def _merge_maps(base: Column, override: Column) -> Column:
-    """map_concat that lets `override` win on shared keys instead of raising."""
-    override = F.coalesce(override, F.create_map().cast("map<string,string>"))
-    base = F.coalesce(base, F.create_map().cast("map<string,string>"))
+    """`base` with `override`'s entries on top (it wins on shared keys); neither may hold null
+    values. Higher-order functions run interpreted, so they are evaluated only when both maps
+    have entries (most records have no explicit properties and no coupon)."""
+    empty = F.create_map().cast("map<string,string>")
+    base, override = F.coalesce(base, empty), F.coalesce(override, empty)
     kept = F.map_filter(base, lambda k, v: ~F.array_contains(F.map_keys(override), k))
-    return F.map_filter(F.map_concat(kept, override), lambda k, v: v.isNotNull())
+    return (F.when(F.size(override) == 0, base).when(F.size(base) == 0, override)
+            .otherwise(F.map_concat(kept, override)))
+
+
+def _without_nulls(m: Column) -> Column:
+    return F.map_filter(m, lambda k, v: v.isNotNull())
 
 
 def _parse_timestamp(text: Column) -> Column:
@@ -159,14 +167,33 @@ def _first_reason(checks: list[tuple[Column, str, str | Column | None]]) -> tupl
     return reason, detail
 
 
-def _not_a(sql_type: str, name: str):
-    """Item predicate: the field is present but does not parse as `sql_type`."""
-    return lambda item: item[name].isNotNull() & item[name].try_cast(sql_type).isNull()
+def _item_problems() -> list[tuple[str, str, Callable[[Column], Column]]]:
+    """(reason, field, predicate on one item) in the order they are reported: every bad type
+    before any negative value, a missing item id last."""
+    bad_type = [("bad_type", name, lambda item, name=name, sql_type=sql_type:
+                 item[name].isNotNull() & item[name].try_cast(sql_type).isNull())
+                for name, sql_type in _NUMERIC_FIELDS.items()]
+    negative = [("negative_value", name, lambda item, name=name, sql_type=sql_type:
+                 item[name].try_cast(sql_type) < 0)
+                for name, sql_type in _NUMERIC_FIELDS.items()]
+    return [*bad_type, *negative, ("missing_field", "item_id", lambda item: item["item_id"].isNull())]
 
 
-def _negative(sql_type: str, name: str):
-    """Item predicate: the field parses as a number below zero."""
-    return lambda item: item[name].try_cast(sql_type) < 0
+_ITEM_PROBLEMS = _item_problems()
+
+
+def _first_item_problem(items: Column) -> Column:
+    """Index in _ITEM_PROBLEMS of the first problem any item has (null: none). One pass over
+    the items: higher-order functions are evaluated interpreted, so one instead of one per check."""
+    return F.array_min(F.transform(items, lambda item: F.coalesce(
+        *[F.when(problem(item), F.lit(index)) for index, (_, _, problem) in enumerate(_ITEM_PROBLEMS)])))
+
+
+def _item_problem_is(reason: str, problem: Column) -> tuple[Column, str, Column]:
+    """A check for `_first_reason`: the first item problem is of kind `reason`; detail its field."""
+    indexes = [index for index, (kind, _, _) in enumerate(_ITEM_PROBLEMS) if kind == reason]
+    fields = F.array(*[F.lit(field) for _, field, _ in _ITEM_PROBLEMS])
+    return problem.isin(*indexes), reason, F.element_at(fields, problem + 1)
 
 
 def check_records(raw: DataFrame, params: IngestParams) -> DataFrame:
@@ -178,12 +205,12 @@ def check_records(raw: DataFrame, params: IngestParams) -> DataFrame:
     # Nested blocks are parsed once into columns of their own, not inline where they are used:
     # an expression inside coalesce/when branches is not shared, and would be re-parsed per use.
     ecommerce, consent, explicit_properties = F.col("_ecom"), F.col("_consent"), F.col("_props")
-    leftover = F.map_filter(m, lambda k, v: ~F.array_contains(F.array(*map(F.lit, _KNOWN_KEYS)), k))
-    ecommerce_extras = F.map_filter(F.create_map(
+    leftover = F.map_filter(m, lambda k, v: ~k.isin(*_KNOWN_KEYS) & v.isNotNull())
+    ecommerce_extras = F.when(ecommerce.isNotNull(), _without_nulls(F.create_map(
         F.lit("value"), ecommerce["value"], F.lit("transaction_id"), ecommerce["transaction_id"],
         F.lit("transaction_revenue"), ecommerce["purchase"]["actionField"]["revenue"],
         F.lit("transaction_id_ua"), ecommerce["purchase"]["actionField"]["id"],
-    ), lambda k, v: v.isNotNull())
+    )))
 
     parsed = raw.select(
         "raw", "source_file", F.from_json("raw", "map<string,string>").alias("_m"),
@@ -209,9 +236,12 @@ def check_records(raw: DataFrame, params: IngestParams) -> DataFrame:
         F.lower(consent["personalization"]).alias("_consent_p"),
         F.lower(consent["analytics"]).alias("_consent_a"),
         _items(m, ecommerce).alias("_items"),
-        _merge_maps(_merge_maps(leftover, ecommerce_extras), explicit_properties).alias("properties"),
+        _merge_maps(_merge_maps(leftover, ecommerce_extras),
+                    F.when(explicit_properties.isNotNull(), _without_nulls(explicit_properties))
+                    ).alias("properties"),
     ).withColumn("event_type", _canonical_event_type(F.col("_raw_event"), params)
-    ).withColumn("event_time", _parse_timestamp(F.col("_raw_time")))
+    ).withColumn("event_time", _parse_timestamp(F.col("_raw_time"))
+    ).withColumn("_item_problem", _first_item_problem(F.col("_items")))
 
     items = F.col("_items")
     horizon = F.lit(params.now).cast("timestamp") + F.expr(
@@ -226,22 +256,22 @@ def check_records(raw: DataFrame, params: IngestParams) -> DataFrame:
         (F.coalesce(F.col("user_id"), F.col("anonymous_id"), F.col("_email"),
                     F.col("_phone")).isNull(), "missing_identifier", None),
     ]
-    for name, sql_type in _NUMERIC_FIELDS.items():
-        checks.append((F.exists(items, _not_a(sql_type, name)), "bad_type", name))
+    problem = F.col("_item_problem")
+    is_item_event = F.col("event_type").isin(*params.item_event_types)
+    checks.append(_item_problem_is("bad_type", problem))
     for flag in ("_consent_p", "_consent_a"):
         checks.append((F.col(flag).isNotNull() & ~F.col(flag).isin(*_BOOLEAN_TEXT),
                        "bad_type", "consent"))
-    for name, sql_type in _NUMERIC_FIELDS.items():
-        checks.append((F.exists(items, _negative(sql_type, name)), "negative_value", name))
-    is_item_event = F.col("event_type").isin(*params.item_event_types)
+    checks.append(_item_problem_is("negative_value", problem))
     checks.append((is_item_event & (F.coalesce(F.size(items), F.lit(0)) == 0), "missing_field", "item_id"))
-    checks.append((is_item_event & F.exists(items, lambda x: x["item_id"].isNull()), "missing_field", "item_id"))
+    missing_item_id, _, _ = _item_problem_is("missing_field", problem)
+    checks.append((is_item_event & missing_item_id, "missing_field", "item_id"))
 
     reason, detail = _first_reason(checks)
     return (parsed.withColumn("reason", reason).withColumn("reason_detail", detail)
             .withColumn("_is_json", m.isNotNull())
             .withColumn("_raw_order", F.xxhash64("raw"))  # tie-break among duplicates
-            .drop("_m"))
+            .drop("_m", "_item_problem"))
 
 
 def quarantine_rows(checked: DataFrame) -> DataFrame:
@@ -258,13 +288,32 @@ def quarantine_rows(checked: DataFrame) -> DataFrame:
     )
 
 
-def dedupe_records(checked: DataFrame) -> DataFrame:
+def repeated_event_ids(checked: DataFrame) -> DataFrame:
+    """The event_ids that more than one accepted record carries (an aggregate of one column)."""
+    return (checked.where(F.col("reason").isNull()).groupBy("event_id").count()
+            .where(F.col("count") > 1).select("event_id"))
+
+
+def dedupe_records(checked: DataFrame, repeated_ids: DataFrame | None = None) -> DataFrame:
     """Accepted records, one per event_id; of duplicates the first by source file, then by a
-    hash of the raw text, wins (the same one on every run)."""
+    hash of the raw text, wins (the same one on every run).
+
+    Given `repeated_ids` (from `repeated_event_ids`, small enough to broadcast), only the
+    records that share an id go through the window's shuffle and sort; the rest, nearly all,
+    keep their partitions. Without it every record does.
+    """
     accepted = checked.where(F.col("reason").isNull())
     first = Window.partitionBy("event_id").orderBy("source_file", "_raw_order")
-    return (accepted.withColumn("_copy", F.row_number().over(first))
-            .where(F.col("_copy") == 1).drop("_copy"))
+
+    def first_of_each(records: DataFrame) -> DataFrame:
+        return (records.withColumn("_copy", F.row_number().over(first))
+                .where(F.col("_copy") == 1).drop("_copy"))
+
+    if repeated_ids is None:
+        return first_of_each(accepted)
+    repeated_ids = F.broadcast(repeated_ids)
+    return (accepted.join(repeated_ids, "event_id", "left_anti")
+            .unionByName(first_of_each(accepted.join(repeated_ids, "event_id", "left_semi"))))
 
 
 def to_canonical(records: DataFrame, params: IngestParams) -> DataFrame:

@@ -24,7 +24,7 @@ from fnmatch import fnmatch
 import click
 
 from features.events import (CANONICAL_COLUMNS, IngestParams, check_records, dedupe_records,
-                             quarantine_rows, to_canonical)
+                             quarantine_rows, repeated_event_ids, to_canonical)
 from jobs.config import ConfigError, FeedConfig, TailorConfig
 from jobs.runtime import JobError, JobRun, config_options, execute, report_errors
 from jobs.storage import resolve_uri
@@ -33,6 +33,9 @@ JSON_SUFFIXES = (".json", ".jsonl", ".ndjson", ".json.gz", ".jsonl.gz", ".ndjson
 PARQUET_SUFFIXES = (".parquet",)
 CSV_SUFFIXES = (".csv", ".csv.gz")
 CRM_SPECIAL_COLUMNS = ("customer_id", "email", "phone", "updated_at", "consent_personalization")
+# Up to this many repeated event_ids are broadcast, so only their records are shuffled to pick
+# one of each (a few MB of ids); a dump with more goes through the window as a whole.
+BROADCAST_REPEATED_IDS = 200_000
 
 
 def ingest_params(config: TailorConfig, now: datetime) -> IngestParams:
@@ -225,6 +228,7 @@ def _ingest_event_records(job: JobRun, raw, params: IngestParams, now: datetime)
     checked = check_records(raw, params).withColumn(
         "raw", F.when(F.col("reason").isNotNull(), F.col("raw"))  # keep text only where needed
     ).persist(StorageLevel.MEMORY_AND_DISK)
+    repeated = None
     try:
         by_reason = {row["reason"]: row["count"] for row in checked.groupBy("reason").count().collect()}
         raw_records = sum(by_reason.values())
@@ -235,7 +239,10 @@ def _ingest_event_records(job: JobRun, raw, params: IngestParams, now: datetime)
         # Counted while the write runs (Observation), not by extra passes over the data.
         in_dump, written = Observation("in_dump"), Observation("written")
         record_count = F.count_if("_first_of_record").alias("records")
-        rows = to_canonical(dedupe_records(checked), params).observe(in_dump, record_count)
+        repeated = repeated_event_ids(checked).persist(StorageLevel.MEMORY_AND_DISK)
+        small = repeated.count() <= BROADCAST_REPEATED_IDS
+        rows = to_canonical(dedupe_records(checked, repeated if small else None), params
+                            ).observe(in_dump, record_count)
         known_events = _existing(job, events_uri, "event_id")
         if known_events is not None:
             rows = rows.join(known_events, "event_id", "left_anti")
@@ -244,7 +251,9 @@ def _ingest_event_records(job: JobRun, raw, params: IngestParams, now: datetime)
          .write.mode("append").partitionBy("event_date").parquet(events_uri))
         totals, distinct_records = written.get, in_dump.get["records"]
     finally:
-        checked.unpersist()
+        for frame in (checked, repeated):
+            if frame is not None:
+                frame.unpersist()
 
     accepted = totals["records"]
     return {

@@ -8,7 +8,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from features.events import (IngestParams, check_records, dedupe_records, quarantine_rows,
-                             to_canonical)
+                             repeated_event_ids, to_canonical)
 from features.privacy import hmac_sha256_hex, mask_pii_text, normalize_phone
 from jobs.config import load_config
 from jobs.ingest_events import ingest_params
@@ -216,6 +216,28 @@ def test_duplicates_are_removed_before_items_explode(spark, params):
     checked, rows = run(spark, params, record, record)
     assert checked.count() == 2
     assert [r.event_id for r in rows] == ["dup:0", "dup:1"]
+
+
+def test_broadcast_dedupe_keeps_the_same_record_as_the_window(spark, params):
+    """Only records sharing an id are shuffled when their ids are broadcast; the copy kept
+    (first by source file, then by a hash of the raw text) is the one the window keeps."""
+    def record(event_id, source_tag):
+        return {**ENVELOPE, "event_id": event_id, "event_type": "page_view", "tag": source_tag}
+
+    raw = spark.createDataFrame(
+        [(json.dumps(record("a", "late")), "b.jsonl"), (json.dumps(record("a", "early")), "a.jsonl"),
+         (json.dumps(record("b", "only")), "b.jsonl"), (json.dumps(record("c", "x")), "a.jsonl"),
+         (json.dumps(record("c", "y")), "a.jsonl"), ("not json", "a.jsonl")],
+        "raw string, source_file string")
+    checked = check_records(raw, params).cache()
+    repeated = repeated_event_ids(checked)
+    assert sorted(r.event_id for r in repeated.collect()) == ["a", "c"]
+
+    def kept(frame):
+        return sorted((r.event_id, r.properties["tag"]) for r in to_canonical(frame, params).collect())
+
+    assert kept(dedupe_records(checked, repeated)) == kept(dedupe_records(checked))
+    assert dict(kept(dedupe_records(checked)))["a"] == "early"
 
 
 def test_records_without_event_id_get_a_stable_hash(spark, params):
