@@ -40,6 +40,16 @@ def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
 
 
+def _rename(fs, source, target) -> str | None:
+    """Hadoop rename, which reports failure by returning false or raising; returns why it
+    failed, or None when it worked."""
+    try:
+        renamed = fs.rename(source, target)
+    except Exception as exc:  # py4j wraps FileNotFoundException and the like
+        return str(getattr(exc, "java_exception", exc)).splitlines()[0]
+    return None if renamed else "the file system refused the rename"
+
+
 class Storage:
     """Small-file access to one storage root, with the Spark session's Hadoop settings."""
 
@@ -130,17 +140,69 @@ class Storage:
 
     def swap_in(self, staged: str, uri: str) -> None:
         """Move a staged version into place, retiring the current one."""
+        self.swap_in_all([(staged, uri)])
+
+    def swap_in_all(self, moves: list[tuple[str, str]]) -> None:
+        """Move several staged versions (staged, uri) into place, all or none: when one can't
+        move in, every data set touched so far gets its previous version back before the
+        error is raised.
+
+        Current versions are moved aside to _retired/ (beside _staging/, so clearing the
+        staging area never touches them) and deleted only once every new version is in place.
+        """
+        touched = []
+        try:
+            for staged, uri in moves:
+                touched.append((uri, self._move_aside(staged, uri)))
+                self._move_into_place(staged, uri)
+        except Exception:
+            self._move_back(reversed(touched))  # raises, keeping _retired/, if one can't go back
+            self._drop_retired(moves)
+            raise
+        self._drop_retired(moves)
+
+    def _retired_uri(self, staged: str) -> str:
+        """Where the current version goes while `staged` (under _staging/) moves in."""
+        return self.uri("_retired", staged[len(self.uri("_staging")):])
+
+    def _drop_retired(self, moves: list[tuple[str, str]]) -> None:
+        """Delete the _retired/RUN folders of a swap, once nothing in them is needed."""
+        for folder in {self._retired_uri(staged).rsplit("/", 1)[0] for staged, _ in moves}:
+            self.delete(folder, recursive=True)
+
+    def _move_aside(self, staged: str, uri: str) -> str | None:
+        """Move the current version of `uri` to _retired/; returns where (None: there was none)."""
+        fs, target = self._fs_path(uri)
+        if not fs.exists(target):
+            return None
+        retired = self._retired_uri(staged)
+        retired_path = self._jvm.org.apache.hadoop.fs.Path(retired)
+        fs.mkdirs(retired_path.getParent())
+        failure = _rename(fs, target, retired_path)
+        if failure:
+            raise StorageError(f"could not move {uri} aside: {failure}")
+        return retired
+
+    def _move_into_place(self, staged: str, uri: str) -> None:
         fs, target = self._fs_path(uri)
         _, staged_path = self._fs_path(staged)
-        retired = self._jvm.org.apache.hadoop.fs.Path(staged + ".old")
-        if fs.exists(target) and not fs.rename(target, retired):
-            raise StorageError(f"could not move {uri} aside")
         fs.mkdirs(target.getParent())
-        if not fs.rename(staged_path, target):
-            if fs.exists(retired):
-                fs.rename(retired, target)  # put the previous version back
-            raise StorageError(f"could not move the new {uri} into place")
-        fs.delete(retired, True)
+        failure = _rename(fs, staged_path, target)
+        if failure:
+            raise StorageError(f"could not move the new {uri} into place: {failure}")
+
+    def _move_back(self, moved) -> None:
+        """Put the previous versions of (uri, retired) pairs back in place; one that can't be
+        put back stays under _retired/ and the error says where."""
+        stuck = []
+        for uri, retired in moved:
+            fs, target = self._fs_path(uri)
+            if fs.exists(target) and not fs.delete(target, True):
+                stuck.append(f"{uri} (the new version could not be removed)")
+            elif retired is not None and _rename(fs, self._jvm.org.apache.hadoop.fs.Path(retired), target):
+                stuck.append(f"{uri} (its previous version is at {retired})")
+        if stuck:
+            raise StorageError("could not restore " + ", ".join(stuck))
 
     def clear_staging(self, run_id: str) -> None:
         self.delete(self.uri("_staging", run_id), recursive=True)
