@@ -4,6 +4,10 @@
 A registered model has at most one ``champion`` (what serving loads) and one ``challenger``
 (the latest version that did not beat it). Each version that becomes champion records the
 version it replaced in the tag ``previous_champion``, so a rollback can walk back the chain.
+
+A version trained on data of a person who was since forgotten is tagged ``stale`` (with
+``stale_reason``): the gate treats a stale champion as no champion, and neither a rollback nor
+a promotion brings a stale version back.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 PREVIOUS_CHAMPION_TAG = "previous_champion"
 RECIPE_TAG = "recipe"
+STALE_TAG = "stale"
+STALE_REASON_TAG = "stale_reason"
 
 
 class RegistryError(RuntimeError):
@@ -33,30 +39,68 @@ class Decision:
     champion_score: float | None  # None: there was no champion
     champion_version: str | None
     margin: float
+    champion_stale: str | None = None  # why the champion may not stay (it is stale), if so
 
     def as_dict(self, metric: str) -> dict:
-        return {"decision": self.alias, f"candidate_{metric}": self.candidate_score,
+        gate = {"decision": self.alias, f"candidate_{metric}": self.candidate_score,
                 f"champion_{metric}": self.champion_score,
                 "champion_version": self.champion_version, "promotion_margin": self.margin}
+        if self.champion_stale:
+            gate["champion_stale"] = self.champion_stale
+        return gate
 
 
 def decide(candidate_score: float, champion_score: float | None, margin: float = 0.0,
-           champion_version: str | None = None) -> Decision:
-    """Champion only if there is none yet or the candidate beats it by MORE than ``margin``:
-    a tie keeps the incumbent, so re-running the same recipe on the same data changes nothing."""
+           champion_version: str | None = None, champion_stale: str | None = None) -> Decision:
+    """Champion only if there is none yet, the champion is stale (``champion_stale`` says why)
+    or the candidate beats it by MORE than ``margin``: a tie keeps the incumbent, so re-running
+    the same recipe on the same data changes nothing."""
     if margin < 0:
         raise ValueError(f"margin must not be negative, got {margin}")
-    wins = champion_score is None or candidate_score > champion_score + margin
+    wins = (champion_score is None or champion_stale is not None
+            or candidate_score > champion_score + margin)
     return Decision(CHAMPION if wins else CHALLENGER, candidate_score, champion_score,
-                    champion_version, margin)
+                    champion_version, margin, champion_stale)
 
 
-def rollback_target(current_version: str, previous_champion: str | None) -> str:
-    """The version a rollback from ``current_version`` returns to, from its recorded history."""
+def rollback_target(current_version: str, previous_champion: str | None,
+                    previous_stale: str | None = None) -> str:
+    """The version a rollback from ``current_version`` returns to, from its recorded history;
+    refused when that version is stale (``previous_stale`` says why)."""
     if not previous_champion:
         raise RegistryError(f"champion version {current_version} has no previous champion "
                             "to roll back to")
+    if previous_stale:
+        raise RegistryError(f"champion version {current_version} can't be rolled back: the "
+                            f"previous champion, version {previous_champion}, is stale "
+                            f"({previous_stale}); train a new version instead")
     return previous_champion
+
+
+def stale_reason(version: ModelVersion | None) -> str | None:
+    """Why ``version`` may not serve (it was trained on data since forgotten), else None."""
+    if version is None or version.tags.get(STALE_TAG) != "true":
+        return None
+    return version.tags.get(STALE_REASON_TAG) or "tagged stale"
+
+
+def mark_stale(client: MlflowClient, name: str, reason: str) -> list[str]:
+    """Tag every version of ``name`` that is not stale yet; returns the versions tagged.
+
+    Every version, not only the champion: any of them may have been trained on the data, and
+    rollback or promotion could otherwise bring one back. ``stale`` is set last, so a version
+    that shows it always has its reason."""
+    tagged, page_token = [], None
+    while True:
+        page = client.search_model_versions(f"name = '{name}'", page_token=page_token)
+        for version in page:
+            if stale_reason(version) is None:
+                client.set_model_version_tag(name, version.version, STALE_REASON_TAG, reason)
+                client.set_model_version_tag(name, version.version, STALE_TAG, "true")
+                tagged.append(str(version.version))
+        page_token = page.token
+        if not page_token:
+            return sorted(tagged, key=int)
 
 
 def aliases(client: MlflowClient, name: str) -> dict[str, str]:
@@ -89,7 +133,12 @@ def recipe_of(version: ModelVersion) -> dict:
 
 
 def make_champion(client: MlflowClient, name: str, version: str) -> str | None:
-    """Point ``champion`` at ``version``, recording the version it replaces; returns that one."""
+    """Point ``champion`` at ``version``, recording the version it replaces; returns that one.
+    A stale version is refused."""
+    reason = stale_reason(client.get_model_version(name, version))
+    if reason:
+        raise RegistryError(f"{name} version {version} is stale ({reason}): it was trained on "
+                            "data since forgotten; train a new version instead")
     current = aliases(client, name)
     previous_version = current.get(CHAMPION)
     if previous_version == str(version):
@@ -116,16 +165,20 @@ def apply_decision(client: MlflowClient, name: str, version: str, decision: Deci
 def rollback(client: MlflowClient, name: str) -> tuple[str, str]:
     """Move ``champion`` back to the version it replaced; returns (from, to) versions.
 
-    The target keeps its own history, so rolling back again goes one step further back.
+    The target keeps its own history, so rolling back again goes one step further back. A
+    stale target is refused: after a forget every older version is stale, so there is nothing
+    safe to skip to.
     """
     champion = current_champion(client, name)
     if champion is None:
         raise RegistryError(f"registered model {name!r} has no champion to roll back")
-    target = rollback_target(str(champion.version), champion.tags.get(PREVIOUS_CHAMPION_TAG))
-    try:
-        client.get_model_version(name, target)
-    except MlflowException:
-        raise RegistryError(f"previous champion {name} version {target} no longer exists") from None
+    previous, previous_version = champion.tags.get(PREVIOUS_CHAMPION_TAG), None
+    if previous:
+        try:
+            previous_version = client.get_model_version(name, previous)
+        except MlflowException:
+            raise RegistryError(f"previous champion {name} version {previous} no longer exists") from None
+    target = rollback_target(str(champion.version), previous, stale_reason(previous_version))
     client.set_model_version_tag(name, champion.version, "rolled_back", "true")
     client.set_registered_model_alias(name, CHAMPION, target)
     return str(champion.version), target
