@@ -1,9 +1,10 @@
 """What every job shares: config options, the session, the root lock and the audit line.
 
-A job is a function `run(job: JobRun, **options) -> dict` (its counts). `run_job` wraps it:
+A job is a function `run(job: JobRun, **options) -> dict` (its counts). `execute` wraps it:
 config is validated before Spark starts, the storage root is locked while it runs, and one
-JSON line goes to audit/ whether it succeeds or fails. User-facing problems become one line on
-stderr and a non-zero exit.
+JSON line goes to audit/ whether it succeeds or fails (a job refused because another holds the
+lock leaves none, except a deletion request, which is always on record).
+User-facing problems become one line on stderr and a non-zero exit.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ class JobRun:
     started_at: datetime
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
+    request_id: str | None = None  # a deletion request's id, known before any work starts
 
     def say(self, message: str) -> None:
         click.echo(f"[{self.name}] {message}")
@@ -46,14 +48,14 @@ def new_run_id(now: datetime) -> str:
 
 
 def execute(name: str, config: TailorConfig, body: Callable[[JobRun], dict],
-            spark=None) -> dict:
+            spark=None, request_id: str | None = None) -> dict:
     """Run `body` under the storage-root lock and record it in audit/. Returns its counts."""
     from jobs.spark import build_spark_session
 
     started = datetime.now(timezone.utc)
     spark = spark or build_spark_session(config)
     storage = Storage(spark, config.storage.root)
-    job = JobRun(name, config, spark, storage, new_run_id(started), started)
+    job = JobRun(name, config, spark, storage, new_run_id(started), started, request_id=request_id)
     clock = time.monotonic()
     status, error, counts = "failed", None, {}
     try:
@@ -61,7 +63,7 @@ def execute(name: str, config: TailorConfig, body: Callable[[JobRun], dict],
             counts = body(job)
             status = "succeeded"
         return counts
-    except StorageError as exc:  # the lock was never ours: leave no audit line about it
+    except StorageError as exc:
         if "is locked by" in str(exc):
             status = "refused"
         error = str(exc)
@@ -70,9 +72,12 @@ def execute(name: str, config: TailorConfig, body: Callable[[JobRun], dict],
         error = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
         raise
     finally:
-        if status != "refused":
+        # A refused job never held the lock and changed nothing: no line, unless it was a
+        # deletion request, whose fate must be on record whatever happens.
+        if status != "refused" or job.request_id:
             storage.append_audit({
-                "job": name, "run_id": job.run_id, "status": status, "error": error,
+                "job": name, "run_id": job.run_id, "request_id": job.request_id,
+                "status": status, "error": error,
                 "started_at": started.isoformat(timespec="microseconds"),
                 "duration_s": round(time.monotonic() - clock, 3),
                 "config_digest": config.digest(), "inputs": job.inputs,
