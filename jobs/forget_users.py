@@ -7,11 +7,14 @@ A subject file holds one JSON object per line: {"user_id": …}, {"email": …} 
 (email and phone are normalized and hashed with TAILOR_PII_KEY before matching). Each subject
 is resolved to their person and all of that person's identifiers; their rows are removed from
 events, quarantine, identity and every per-person table (features/, segments/,
-recommendations/, profiles/, traits/). All new table versions are written first and swapped in only
-when every one is complete, so a request is applied whole or not at all. The audit line holds
-the request id and counts per table, never an identifier; the persons' identifiers are added
-to suppression/ (under a key derived only for that list) so the service stops personalizing
-for them without a rebuild; the champion recommender is tagged stale in MLflow.
+recommendations/, profiles/, traits/). All new table versions are written first and swapped
+in together only when every one is complete (a failed swap puts back the ones already moved),
+so a request is applied whole or not at all. The request id is fixed before any work starts
+and is in the audit line whatever happens, with the counts per table and never an identifier;
+a malformed request writes a failed line saying why and changes nothing. The persons'
+identifiers are added to suppression/ (under a key derived only for that list) so the service
+stops personalizing for them without a rebuild, and every registered version of the
+recommender is tagged stale in MLflow (training/registry.py).
 """
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ from jobs.suppression import FOLDER as SUPPRESSION_FOLDER, write_list
 
 SUBJECT_KEYS = {"user_id", "email", "phone"}
 PERSON_TABLE_ROOTS = ["features", "segments", "recommendations", "profiles", "traits"]
-RECOMMENDER_MODEL = "tailor-recommender"
+SQLITE = "sqlite:///"
 
 
 def parse_subjects(lines: list[str]) -> list[dict]:
@@ -113,8 +116,16 @@ def _dataset_root(folder: str) -> str:
 
 
 def forget(job: JobRun, subjects: list[dict], request_id: str) -> dict:
+    """The job body: resolve the subjects, stage every table without them, then mark the
+    recommender versions stale, suppress the identifiers and swap all tables in at once.
+
+    The stale tags and the suppression entry come before the swap, so no outcome leaves the
+    data deleted while a model or the service still uses it (an unreachable MLflow fails the
+    request with nothing deleted); if the swap then fails, every table is put back and those
+    two stay (harmless: a retrain, a person not personalized)."""
     from pyspark.sql import functions as F
 
+    job.request_id = request_id  # also when the caller did not give it to execute()
     config = job.config
     pii_key = config.pii.effective_key()
     events_uri, identity_uri = job.storage.uri("events"), job.storage.uri("identity")
@@ -122,13 +133,15 @@ def forget(job: JobRun, subjects: list[dict], request_id: str) -> dict:
     nodes = subject_nodes(job.spark, subjects, pii_key, config.pii.default_phone_country_code)
 
     if job.storage.has_parquet(identity_uri):
+        job.inputs = [identity_uri]
         identity = job.spark.read.parquet(identity_uri)
     elif job.storage.has_parquet(events_uri):
+        job.inputs = [events_uri]
         identity = resolve_identities(job.spark.read.parquet(events_uri),
                                       max_links=config.identity.max_links).identity
     else:
         job.say("no events yet: nothing to forget")
-        return {"request_id": request_id, "subjects": len(subjects), "unknown_subjects": len(subjects)}
+        return {"subjects": len(subjects), "unknown_subjects": len(subjects)}
     node = F.concat_ws(":", "identifier_type", "identifier")
     matched = identity.where(node.isin(list(nodes.values()))).select(node.alias("node"), "person_id").collect()
     known_nodes = {row.node for row in matched}
@@ -136,7 +149,7 @@ def forget(job: JobRun, subjects: list[dict], request_id: str) -> dict:
     person_ids = sorted({row.person_id for row in matched})
     if not person_ids:
         job.say(f"request {request_id}: none of the {len(subjects)} subjects is known; nothing deleted")
-        return {"request_id": request_id, "subjects": len(subjects), "unknown_subjects": unknown}
+        return {"subjects": len(subjects), "unknown_subjects": unknown}
     person_identifiers = identity.where(F.col("person_id").isin(person_ids)).select(
         "identifier_type", "identifier").collect()
     identifiers: dict[str, list[str]] = {}
@@ -146,7 +159,8 @@ def forget(job: JobRun, subjects: list[dict], request_id: str) -> dict:
     links_uri = job.storage.uri("identity_links")
     tables = [t for t in [events_uri, identity_uri, links_uri, quarantine_uri] + _parquet_tables(job)
               if job.storage.has_parquet(t)]
-    removed, staged = {}, []
+    job.inputs = tables
+    removed, kept = {}, {}
     try:
         for table_uri in tables:
             table = job.spark.read.parquet(table_uri)
@@ -154,30 +168,49 @@ def forget(job: JobRun, subjects: list[dict], request_id: str) -> dict:
                 about = _quarantine_rows_about(table, identifiers)
             else:
                 about = _about(table, identifiers, person_ids)
-            count = table.where(about).count()
-            name = table_uri[len(job.storage.root):].strip("/")
-            removed[name] = count
-            if count:
-                kept = table.where(~about)
-                partitions = [c for c in ("event_date",) if c in table.columns]
+            removed[_table_name(job, table_uri)] = table.where(about).count()
+            kept[table_uri] = table.where(~about)
+        staged = []
+        for unit, members in _swap_units(tables).items():
+            if any(removed[_table_name(job, table)] for table in members):
                 staged.append((job.storage.stage(
-                    table_uri, lambda uri, kept=kept, partitions=partitions:
-                    kept.write.partitionBy(*partitions).parquet(uri), job.run_id), table_uri))
-        for staged_uri, table_uri in staged:
-            job.storage.swap_in(staged_uri, table_uri)
+                    unit, lambda uri: _write_kept(uri, unit, members, kept), job.run_id), unit))
+        stale = _mark_recommender_stale(job, request_id)
+        tokens = write_list(job.storage, request_id, ((row.identifier_type, row.identifier)
+                                                      for row in person_identifiers),
+                            pii_key, "forgotten", request_id=request_id)
+        job.outputs.append(job.storage.uri(SUPPRESSION_FOLDER, f"{request_id}.jsonl"))
+        job.storage.swap_in_all(staged)
+        job.outputs.extend(table_uri for _, table_uri in staged)
     finally:
         job.storage.clear_staging(job.run_id)
 
-    tokens = write_list(job.storage, request_id, ((row.identifier_type, row.identifier)
-                                                  for row in person_identifiers),
-                        pii_key, "forgotten", request_id=request_id)
-    stale = _mark_recommender_stale(config, request_id)
-    job.outputs = tables + [job.storage.uri(SUPPRESSION_FOLDER)]
     job.say(f"request {request_id}: {len(person_ids)} person(s), {tokens} identifiers; "
-            f"rows removed {removed}; unknown subjects {unknown}; recommender {stale}")
-    return {"request_id": request_id, "subjects": len(subjects), "unknown_subjects": unknown,
-            "persons": len(person_ids), "identifiers": tokens, "rows_removed": removed,
-            "recommender": stale}
+            f"rows removed {removed}; unknown subjects {unknown}; recommender versions marked "
+            f"stale: {', '.join(stale) or 'none'}")
+    return {"subjects": len(subjects), "unknown_subjects": unknown, "persons": len(person_ids),
+            "identifiers": tokens, "rows_removed": removed, "stale_recommender_versions": stale}
+
+
+def _table_name(job: JobRun, table_uri: str) -> str:
+    return table_uri[len(job.storage.root):].strip("/")
+
+
+def _swap_units(tables: list[str]) -> dict[str, list[str]]:
+    """Tables grouped by the folder that moves as one: a table nested in another's folder
+    (recommendations/similar_items) moves with it, so it is rewritten with it too."""
+    units: dict[str, list[str]] = {}
+    for table in sorted(tables):
+        parent = next((unit for unit in units if table.startswith(unit + "/")), table)
+        units.setdefault(parent, []).append(table)
+    return units
+
+
+def _write_kept(folder: str, unit: str, members: list[str], kept: dict) -> None:
+    """Write the kept rows of a swap unit's tables under `folder`, nested as they were."""
+    for table in members:
+        partitions = [c for c in ("event_date",) if c in kept[table].columns]
+        kept[table].write.partitionBy(*partitions).parquet(folder + table[len(unit):])
 
 
 def _quarantine_rows_about(table, identifiers: dict[str, list[str]]):
@@ -188,24 +221,37 @@ def _quarantine_rows_about(table, identifiers: dict[str, list[str]]):
     raw_ids = identifiers.get("user_id", []) + identifiers.get("anonymous_id", [])
     condition = F.lit(False)
     for value in raw_ids:
-        condition = condition | F.col("raw").contains(json.dumps(value))
+        condition = condition | F.coalesce(F.col("raw"), F.lit("")).contains(json.dumps(value))
     return condition
 
 
-def _mark_recommender_stale(config: TailorConfig, request_id: str) -> str:
-    """Tag the champion recommender version stale so the next training run replaces it."""
+def _mark_recommender_stale(job: JobRun, request_id: str) -> list[str]:
+    """Tag every version of the recommender stale (training/registry.py), so the next training
+    run replaces the champion and no rollback brings a model back that learnt from the person.
+    A SQLite store that does not exist yet has no models: it is not created."""
     from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
 
-    try:
-        client = MlflowClient(tracking_uri=config.mlflow.tracking_uri)
-        version = client.get_model_version_by_alias(RECOMMENDER_MODEL, "champion")
-    except MlflowException:
-        return "none registered"
-    client.set_model_version_tag(RECOMMENDER_MODEL, version.version, "stale", "true")
-    client.set_model_version_tag(RECOMMENDER_MODEL, version.version, "stale_reason",
-                                 f"forget request {request_id}")
-    return f"version {version.version} marked stale"
+    from training import registry
+    from training.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(job.config.mlflow.tracking_uri, Path.cwd())
+    if uri.startswith(SQLITE) and not Path(uri[len(SQLITE):]).exists():
+        return []
+    name = job.config.training.registry.model_name
+    versions = registry.mark_stale(MlflowClient(tracking_uri=uri, registry_uri=uri), name,
+                                   f"forget request {request_id}")
+    if versions:
+        job.outputs.append(f"models:/{name}")
+    return versions
+
+
+def read_subjects(subjects_file: str | None, user_id: str | None) -> list[dict]:
+    """The request's subjects: one --user, or a subject file, whole or not at all."""
+    if user_id:
+        return [{"user_id": user_id}]
+    if not Path(subjects_file).is_file():
+        raise JobError(f"subjects file {subjects_file} does not exist; nothing was deleted")
+    return parse_subjects(Path(subjects_file).read_text().splitlines())
 
 
 @click.command("forget")
@@ -218,15 +264,12 @@ def main(config: TailorConfig, subjects_file: str | None, user_id: str | None) -
     """Remove every stored row about the given people, audit it and suppress them in serving."""
     if bool(subjects_file) == bool(user_id):
         raise JobError("give exactly one of --subjects FILE or --user ID")
-    if subjects_file:
-        if not Path(subjects_file).is_file():
-            raise JobError(f"subjects file {subjects_file} does not exist; nothing was deleted")
-        subjects = parse_subjects(Path(subjects_file).read_text().splitlines())
-    else:
-        subjects = [{"user_id": user_id}]
     config.pii.effective_key()
     request_id = "forget-" + uuid.uuid4().hex[:12]
-    execute("forget_users", config, lambda job: forget(job, subjects, request_id))
+    # The subjects are read inside the job, so a malformed request is audited (and changes nothing).
+    execute("forget_users", config,
+            lambda job: forget(job, read_subjects(subjects_file, user_id), request_id),
+            request_id=request_id)
 
 
 if __name__ == "__main__":
