@@ -51,6 +51,7 @@ import pyarrow.parquet as pq
 
 from features.events import (_KNOWN_KEYS, _UA_ACTIONS, CANONICAL_COLUMNS,  # one definition
                              QUARANTINE_COLUMNS)
+from features.consent import DEFAULTED_PROPERTY
 from features.privacy import _EMAIL_PATTERN, _PHONE_PATTERN, _PII_KEY_VALUE
 from jobs.config import TailorConfig, load_config
 from jobs.runtime import new_run_id
@@ -471,6 +472,11 @@ def _canonical(rec: dict, keep: np.ndarray, item_rec: np.ndarray, item_cols: dic
     coupons = items_text("coupon")
     props = [p if c is None else {**{k: v for k, v in p.items() if k != "coupon"}, "coupon": c}
              for p, c in zip(props, coupons)]
+    # features.events marks flags that took the configured default (and drops a sent marker)
+    defaulted = [",".join(flag for flag, value in (("personalization", p), ("analytics", a)) if value is None)
+                 for p, a in zip(records("consent_p"), records("consent_a"))]
+    props = [{**{k: v for k, v in p.items() if k != DEFAULTED_PROPERTY},
+              **({DEFAULTED_PROPERTY: d} if d else {})} for p, d in zip(props, defaulted)]
 
     def nullable(values):
         return pa.array(values, type=pa.float64(), from_pandas=True)

@@ -21,6 +21,7 @@ from datetime import datetime
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
+from features.consent import DEFAULTED_PROPERTY
 from features.privacy import hmac_sha256_hex, mask_pii_text, normalize_email, normalize_phone
 
 CANONICAL_COLUMNS = [
@@ -332,6 +333,15 @@ def to_canonical(records: DataFrame, params: IngestParams) -> DataFrame:
     coupon = F.when(item["coupon"].isNotNull(), F.create_map(F.lit("coupon"), item["coupon"]))
     consent_p = F.coalesce(F.col("_consent_p") == "true", F.lit(params.default_personalization))
     consent_a = F.coalesce(F.col("_consent_a") == "true", F.lit(params.default_analytics))
+    # Flags the record did not carry took the configured default: marked, so consent over time
+    # (features.consent) does not read them as the person's choice.
+    defaulted = F.concat_ws(",", F.when(F.col("_consent_p").isNull(), F.lit("personalization")),
+                            F.when(F.col("_consent_a").isNull(), F.lit("analytics")))
+    defaulted_marker = F.when(defaulted != "", F.create_map(F.lit(DEFAULTED_PROPERTY), defaulted))
+    properties = _merge_maps(F.col("properties"), coupon)
+    # Only ingest sets the marker: a sender's own property of that name is dropped.
+    properties = F.when(properties[DEFAULTED_PROPERTY].isNull(), properties).otherwise(
+        F.map_filter(properties, lambda k, v: k != DEFAULTED_PROPERTY))
     row_id = F.when(F.col("_from_ecommerce") & F.col("_index").isNotNull(),
                     F.concat_ws(":", F.col("event_id"), F.col("_index").cast("string"))
                     ).otherwise(F.col("event_id"))
@@ -356,7 +366,7 @@ def to_canonical(records: DataFrame, params: IngestParams) -> DataFrame:
         "currency",
         consent_p.alias("consent_personalization"),
         consent_a.alias("consent_analytics"),
-        _merge_maps(F.col("properties"), coupon).alias("properties"),
+        _merge_maps(properties, defaulted_marker).alias("properties"),
         F.to_date("event_time").alias("event_date"),
         F.col("event_id").alias("_record_id"),
         (F.coalesce(F.col("_index"), F.lit(0)) == 0).alias("_first_of_record"),

@@ -91,7 +91,8 @@ def test_ga4_purchase_explodes_items_and_derives_revenue(spark, params):
     assert (second.quantity, second.revenue) == (1, 5.0)
     assert first.event_time == datetime(2024, 3, 1, 9, 0)
     assert first.email_hash == expected_hmac("ann@example.com")
-    assert first.properties == {"value": "35.0", "transaction_id": "T1"}
+    assert first.properties == {"value": "35.0", "transaction_id": "T1",
+                                "consent_defaulted": "personalization,analytics"}
 
 
 UA_ACTIONS = [("detail", "view_item"), ("add", "add_to_cart"), ("remove", "remove_from_cart"),
@@ -127,7 +128,7 @@ def test_universal_analytics_actions(ua_batch, action, event_type):
 EXPORTS = [
     ({"export": "web_browse", "ts": "2024-03-01T09:58:12Z", "cookie_id": "c9", "page_type": "product",
       "sku": "s1", "dwell_seconds": 41}, "view_item", "web",
-     lambda r: r.anonymous_id == "c9" and r.item_id == "s1" and r.properties == {"dwell_seconds": "41"}),
+     lambda r: r.anonymous_id == "c9" and r.item_id == "s1" and r.properties["dwell_seconds"] == "41"),
     ({"export": "web_browse", "ts": "2024-03-01T09:58:12Z", "customer_id": "u7", "page_type": "home"},
      "page_view", "web", lambda r: r.user_id == "u7"),
     ({"export": "app_session", "started_at": 1709287200, "device_id": "dev1", "duration_s": 30},
@@ -159,11 +160,21 @@ def test_event_name_aliases_and_epoch_seconds(spark, params):
     assert sorted(r.event_type for r in rows) == ["add_to_cart", "page_view"]
 
 
-def test_consent_defaults_come_from_params(spark):
+def test_consent_defaults_come_from_params_and_are_marked(spark):
     params = IngestParams(pii_key=KEY, now=NOW, event_types=("page_view",), item_event_types=(),
                           default_personalization=True, default_analytics=False)
-    _, rows = run(spark, params, {**ENVELOPE, "event_type": "page_view"})
-    assert (rows[0].consent_personalization, rows[0].consent_analytics) == (True, False)
+    _, rows = run(spark, params, {**ENVELOPE, "event_id": "none", "event_type": "page_view"},
+                  {**ENVELOPE, "event_id": "half", "event_type": "page_view",
+                   "consent": {"personalization": False}},
+                  {**ENVELOPE, "event_id": "both", "event_type": "page_view",
+                   "consent": {"personalization": True, "analytics": True},
+                   "consent_defaulted": "personalization"})  # a sender cannot set the marker
+    by_id = {row.event_id: row for row in rows}
+    assert (by_id["none"].consent_personalization, by_id["none"].consent_analytics) == (True, False)
+    assert by_id["none"].properties == {"consent_defaulted": "personalization,analytics"}
+    assert (by_id["half"].consent_personalization, by_id["half"].consent_analytics) == (False, False)
+    assert by_id["half"].properties == {"consent_defaulted": "analytics"}
+    assert by_id["both"].properties == {}
 
 
 REJECTED = [
