@@ -188,7 +188,8 @@ def evaluate(job: JobRun, client, spec: dict, split) -> tuple[dict, dict, object
         champion_score = scored[metric]
     decision = registry.decide(metrics[metric], champion_score,
                                training.registry.promotion_margin,
-                               str(champion.version) if champion else None)
+                               str(champion.version) if champion else None,
+                               champion_stale=registry.stale_reason(champion))
     tracking.log_figure(tracking.metrics_figure(results, k), "plots/metrics.png")
     mlflow.log_dict({"recipe": spec, "k": k, "test_metrics": results,
                      "gate": decision.as_dict(metric)}, "evaluation/report.json")

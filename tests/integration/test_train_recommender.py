@@ -163,6 +163,13 @@ def test_champion_gate_batch_outputs_and_rollback(spark, tracked_config, tmp_pat
     assert client.get_model_version(name, "3").tags["previous_champion"] == "1"
     assert [c["to_version"] for c in audit_counts(root, "promote")] == ["1", "3"]
 
+    # after a forget every version is stale: the next run replaces the champion whatever it scores
+    registry.mark_stale(client, name, "forget request forget-1")
+    fourth = train(spark, tracked_config(*popularity))
+    assert fourth["decision"] == "champion" and fourth["model_version"] == "4"
+    assert fourth["champion_stale"] == "forget request forget-1"
+    assert registry.aliases(client, name)["champion"] == "4"
+
     # a run that fails after registering leaves the previous batch in place, no staging behind
     def refuse(*args, **kwargs):
         raise RuntimeError("registry down")
@@ -170,7 +177,7 @@ def test_champion_gate_batch_outputs_and_rollback(spark, tracked_config, tmp_pat
     monkeypatch.setattr(registry, "apply_decision", refuse)
     with pytest.raises(RuntimeError, match="registry down"):
         train(spark, tracked_config(*ease))
-    assert set(read_batch(spark, root)[0].model_version) == {"3"}
+    assert set(read_batch(spark, root)[0].model_version) == {"4"}
     assert not (root / "_staging").exists() or not any((root / "_staging").iterdir())
 
 
