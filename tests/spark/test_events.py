@@ -203,6 +203,14 @@ REJECTED = [
      "negative_value", "quantity"),
     ({**ENVELOPE, "event": "purchase", "ecommerce": {"items": [{"item_id": "a", "price": -5}]}},
      "negative_value", "price"),
+    ({**ENVELOPE, "event_type": "purchase", "item_id": "a", "discount": "half"}, "bad_type", "discount"),
+    ({**ENVELOPE, "event_type": "purchase", "item_id": "a", "revenue": -3}, "negative_value", "revenue"),
+    ({**ENVELOPE, "event_type": "purchase", "item_id": "a", "discount": -1}, "negative_value", "discount"),
+    # the first problem in check order wins across items: any bad type before any negative value
+    ({**ENVELOPE, "event": "purchase", "ecommerce": {"items": [
+        {"item_id": "a", "price": -5}, {"item_id": "b", "quantity": "x"}]}}, "bad_type", "quantity"),
+    ({**ENVELOPE, "event": "purchase", "ecommerce": {"items": [
+        {"price": 2}, {"item_id": "b", "discount": -1}]}}, "negative_value", "discount"),
 ]
 JUST_BEFORE_THE_SKEW = {"event_type": "page_view", "user_id": "u", "timestamp": "2025-01-01T00:04:00Z"}
 
