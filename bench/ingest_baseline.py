@@ -49,11 +49,11 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from features.events import (_KNOWN_KEYS, _UA_ACTIONS, CANONICAL_COLUMNS,  # one definition
-                             QUARANTINE_COLUMNS)
+from features.events import _KNOWN_KEYS, _UA_ACTIONS, QUARANTINE_COLUMNS, IngestParams  # one definition
 from features.consent import DEFAULTED_PROPERTY
 from features.privacy import _EMAIL_PATTERN, _PHONE_PATTERN, _PII_KEY_VALUE
-from jobs.config import TailorConfig, load_config
+from jobs.config import load_config
+from jobs.ingest_events import ingest_params
 from jobs.runtime import new_run_id
 
 KNOWN_KEYS = frozenset(_KNOWN_KEYS)
@@ -92,34 +92,6 @@ QUARANTINE_SCHEMA = pa.schema([*[(name, pa.string()) for name in QUARANTINE_COLU
 _decoder = json.JSONDecoder()
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 _dumps = json.JSONEncoder(ensure_ascii=False).encode
-
-
-@dataclass(frozen=True)
-class Params:
-    """What the normalization depends on; the same config keys as jobs.ingest_events.ingest_params."""
-
-    pii_key: str
-    now: datetime
-    event_types: frozenset[str]
-    item_event_types: frozenset[str]
-    event_aliases: dict[str, str]
-    max_future_skew_minutes: int
-    default_personalization: bool
-    default_analytics: bool
-    default_phone_country_code: str
-
-    @classmethod
-    def from_config(cls, config: TailorConfig, now: datetime) -> "Params":
-        return cls(
-            pii_key=config.pii.effective_key(), now=now,
-            event_types=frozenset(config.ingest.event_types),
-            item_event_types=frozenset(config.ingest.item_event_types),
-            event_aliases=dict(config.ingest.event_aliases),
-            max_future_skew_minutes=config.ingest.max_future_skew_minutes,
-            default_personalization=config.consent.default_personalization,
-            default_analytics=config.consent.default_analytics,
-            default_phone_country_code=config.pii.default_phone_country_code,
-        )
 
 
 # -- reading values the way Spark's from_json does --------------------------------------------
@@ -383,7 +355,7 @@ def mask_pii_text(raw: str) -> str:
 # -- one chunk: check, quarantine, de-duplicate, explode ---------------------------------------
 
 def _reasons(rec: dict, item_rec: np.ndarray, item_cols: dict, times: np.ndarray,
-             params: Params) -> tuple[np.ndarray, np.ndarray]:
+             params: IngestParams) -> tuple[np.ndarray, np.ndarray]:
     """features.events.check_records' reason and detail per record (None: accepted)."""
     n = len(rec["parsed"])
 
@@ -399,12 +371,13 @@ def _reasons(rec: dict, item_rec: np.ndarray, item_cols: dict, times: np.ndarray
     unparsed_time = times == np.iinfo(np.int64).min
     no_id = ((column("user_id") == None) & (column("anonymous_id") == None)  # noqa: E711
              & (column("email") == None) & (column("phone_norm") == None))  # noqa: E711
-    is_item_event = np.array([t in params.item_event_types for t in event_type], dtype=bool)
+    known, item_types = frozenset(params.event_types), frozenset(params.item_event_types)
+    is_item_event = np.array([t in item_types for t in event_type], dtype=bool)
     n_items = np.array([-1 if items is None else len(items) for items in rec["items"]])
     checks = [
         (~np.array(rec["parsed"]), "malformed_json", "not a JSON object"),
         (raw_event == None, "missing_field", "event_type"),  # noqa: E711
-        (np.array([t not in params.event_types for t in event_type], dtype=bool), "unknown_event_type",
+        (np.array([t not in known for t in event_type], dtype=bool), "unknown_event_type",
          raw_event),
         (column("raw_time") == None, "missing_field", "timestamp"),  # noqa: E711
         (unparsed_time, "unparseable_timestamp", column("raw_time")),
@@ -434,7 +407,7 @@ def _reasons(rec: dict, item_rec: np.ndarray, item_cols: dict, times: np.ndarray
 
 
 def _canonical(rec: dict, keep: np.ndarray, item_rec: np.ndarray, item_cols: dict, times: np.ndarray,
-               params: Params) -> pa.Table:
+               params: IngestParams) -> pa.Table:
     """features.events.to_canonical for the kept records: one row per item (or one per record
     without items), keyed `<event_id>:<index>` where the items came from an ecommerce block."""
     kept_items = np.flatnonzero(keep[item_rec])
@@ -529,7 +502,7 @@ class Normalizer:
     """Runs chunks of raw records through check → quarantine → de-dup → canonical, keeping
     the counts and the event ids seen so far (files arrive in Spark's order: sorted paths)."""
 
-    def __init__(self, params: Params, run_id: str):
+    def __init__(self, params: IngestParams, run_id: str):
         self.params = params
         self.run_id = run_id
         self.pseudo = Pseudonymizer(params.pii_key, params.default_phone_country_code)
@@ -636,7 +609,7 @@ def raw_chunks(files: list[Path], size: int = CHUNK_RECORDS):
                     yield raws, source
 
 
-def ingest(input_path: Path, output: Path, params: Params, run_id: str) -> dict:
+def ingest(input_path: Path, output: Path, params: IngestParams, run_id: str) -> dict:
     """Normalize every record under `input_path` into output/events (by event_date) and
     output/quarantine; returns the counts in jobs.ingest_events' shape."""
     if output.exists() and any(output.iterdir()):
@@ -669,7 +642,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     now = datetime.now(timezone.utc)
-    params = Params.from_config(load_config(args.conf, args.overrides), now)
+    params = ingest_params(load_config(args.conf, args.overrides), now)
     counts = ingest(args.input, args.output, params, new_run_id(now))
     print(json.dumps(counts))
 

@@ -10,7 +10,9 @@ import pyarrow.dataset as ds
 import pytest
 
 from bench import ingest_baseline as baseline
+from features.events import CANONICAL_COLUMNS
 from jobs.config import load_config
+from jobs.ingest_events import ingest_params
 from jobs.sample_data import write_sample
 
 # The reason each of the generator's bad-record kinds must be quarantined with.
@@ -28,7 +30,7 @@ def ingested(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("baseline")
     summary = write_sample(tmp / "dump", users=50, days=10)
     now = datetime.now(timezone.utc)
-    params = baseline.Params.from_config(load_config(), now)
+    params = ingest_params(load_config(), now)
     counts = baseline.ingest(tmp / "dump", tmp / "out", params, "test-run")
     return summary, counts, tmp / "out", params
 
@@ -49,7 +51,7 @@ def test_counts_reconcile_and_match_the_generator(ingested):
 def test_output_is_partitioned_canonical_events_and_quarantine(ingested):
     _, counts, out, params = ingested
     events = ds.dataset(out / "events", format="parquet", partitioning="hive").to_table()
-    assert events.column_names == baseline.CANONICAL_COLUMNS + ["event_date"]
+    assert events.column_names == CANONICAL_COLUMNS + ["event_date"]
     assert events.num_rows == counts["event_rows_written"] > counts["accepted"]  # items exploded
     ids = events.column("event_id").to_pylist()
     assert len(set(ids)) == len(ids)
