@@ -57,6 +57,11 @@ _ECOMMERCE_SCHEMA = (
     f"items: {_GA4_ITEM_SCHEMA}, "
     + ", ".join(f"{action}: {_UA_ACTION_SCHEMA}" for action in _UA_ACTIONS) + ">")
 _CONSENT_SCHEMA = "map<string,string>"
+_BLOCK_SCHEMAS = {"ecommerce": _ECOMMERCE_SCHEMA, "consent": _CONSENT_SCHEMA,
+                  "properties": "map<string,string>"}
+# Every known top-level key as text (nested values keep their JSON text), the blocks typed.
+_RECORD_SCHEMA = "struct<" + ", ".join(
+    f"`{key}`: {_BLOCK_SCHEMAS.get(key, 'string')}" for key in _KNOWN_KEYS) + ">"
 _BOOLEAN_TEXT = ["true", "false"]
 
 
@@ -76,7 +81,7 @@ class IngestParams:
 
 
 def _text(m: Column, *keys: str) -> Column:
-    """The first non-blank value among `keys` of the record map, as text."""
+    """The first non-blank value among `keys` of a record (its struct of known keys or a map)."""
     return F.coalesce(*[F.nullif(F.trim(m[key]), F.lit("")) for key in keys])
 
 
@@ -202,10 +207,12 @@ def check_records(raw: DataFrame, params: IngestParams) -> DataFrame:
 
     Returns one row per raw record with `reason` (null = accepted) and `reason_detail`.
     """
-    m = F.col("_m")
-    # Nested blocks are parsed once into columns of their own, not inline where they are used:
-    # an expression inside coalesce/when branches is not shared, and would be re-parsed per use.
-    ecommerce, consent, explicit_properties = F.col("_ecom"), F.col("_consent"), F.col("_props")
+    # Two parses of each record: into a map (is it an object at all, and the unknown keys that go
+    # to `properties`) and into a struct of the known keys with the nested blocks typed, so fields
+    # are read by position (map lookups scan every key) and nested blocks are not turned back
+    # into text and parsed again. Where a record repeats a key, the struct keeps the last value.
+    m, r = F.col("_m"), F.col("_r")
+    ecommerce, consent, explicit_properties = r["ecommerce"], r["consent"], r["properties"]
     leftover = F.map_filter(m, lambda k, v: ~k.isin(*_KNOWN_KEYS) & v.isNotNull())
     ecommerce_extras = F.when(ecommerce.isNotNull(), _without_nulls(F.create_map(
         F.lit("value"), ecommerce["value"], F.lit("transaction_id"), ecommerce["transaction_id"],
@@ -215,28 +222,24 @@ def check_records(raw: DataFrame, params: IngestParams) -> DataFrame:
 
     parsed = raw.select(
         "raw", "source_file", F.from_json("raw", "map<string,string>").alias("_m"),
+        F.from_json("raw", _RECORD_SCHEMA).alias("_r"),
     ).select(
         "raw", "source_file", "_m",
-        F.from_json(_text(m, "ecommerce"), _ECOMMERCE_SCHEMA).alias("_ecom"),
-        F.from_json(_text(m, "consent"), _CONSENT_SCHEMA).alias("_consent"),
-        F.from_json(_text(m, "properties"), "map<string,string>").alias("_props"),
-    ).select(
-        "raw", "source_file", "_m",
-        F.coalesce(_text(m, "event_id"), F.sha2(F.col("raw"), 256)).alias("event_id"),
+        F.coalesce(_text(r, "event_id"), F.sha2(F.col("raw"), 256)).alias("event_id"),
         ecommerce.isNotNull().alias("_from_ecommerce"),
-        _raw_event_name(m, ecommerce).alias("_raw_event"),
-        _text(m, "timestamp", "event_time", "ts", "started_at", "sent_at").alias("_raw_time"),
-        _text(m, "user_id", "customer_id").alias("user_id"),
-        _text(m, "anonymous_id", "cookie_id", "device_id").alias("anonymous_id"),
-        _text(m, "session_id").alias("session_id"),
-        F.lower(F.coalesce(_text(m, "channel"), _default_channel(m))).alias("channel"),
-        normalize_email(_text(m, "email", "recipient")).alias("_email"),
-        normalize_phone(_text(m, "phone"), params.default_phone_country_code).alias("_phone"),
-        F.upper(F.coalesce(_text(m, "currency"), ecommerce["currency"],
+        _raw_event_name(r, ecommerce).alias("_raw_event"),
+        _text(r, "timestamp", "event_time", "ts", "started_at", "sent_at").alias("_raw_time"),
+        _text(r, "user_id", "customer_id").alias("user_id"),
+        _text(r, "anonymous_id", "cookie_id", "device_id").alias("anonymous_id"),
+        _text(r, "session_id").alias("session_id"),
+        F.lower(F.coalesce(_text(r, "channel"), _default_channel(r))).alias("channel"),
+        normalize_email(_text(r, "email", "recipient")).alias("_email"),
+        normalize_phone(_text(r, "phone"), params.default_phone_country_code).alias("_phone"),
+        F.upper(F.coalesce(_text(r, "currency"), ecommerce["currency"],
                            ecommerce["currencyCode"])).alias("currency"),
         F.lower(consent["personalization"]).alias("_consent_p"),
         F.lower(consent["analytics"]).alias("_consent_a"),
-        _items(m, ecommerce).alias("_items"),
+        _items(r, ecommerce).alias("_items"),
         _merge_maps(_merge_maps(leftover, ecommerce_extras),
                     F.when(explicit_properties.isNotNull(), _without_nulls(explicit_properties))
                     ).alias("properties"),
