@@ -26,6 +26,16 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def tracking_uri_stays_in_its_module():
+    """mlflow.set_tracking_uri, which jobs run in-process call, exports MLFLOW_TRACKING_URI, and
+    that variable wins over a config's tracking URI: without this, a module's store would leak
+    into the jobs of the modules after it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        yield
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

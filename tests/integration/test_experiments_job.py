@@ -140,6 +140,8 @@ def test_exposures_from_the_writer_are_ingested_and_analyzed(tmp_path, mlflow_se
     exposed = events[events["event_type"] == "exposure"]
     assert len(exposed) == lines and exposed["consent_personalization"].all()
     first = dict(exposed["properties"].iloc[0])
+    # the service knows personalization consent only: analytics took the default, and says so
+    assert first.pop("consent_defaulted") == "analytics"
     assert set(first) == {"experiment_id", "variant", "slot", "person_id"}
 
     for experiment_id, key in (("hero-test", "hero"), ("reco-test", "reco")):

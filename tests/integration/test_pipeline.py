@@ -1,7 +1,11 @@
 """`tailor pipeline` as `make run` calls it: generated sample in, every stage, outputs listed,
-and the PII key nowhere in what it printed, stored or sent to MLflow."""
+and neither the PII key nor any raw email or phone of the input in what it printed, stored or
+sent to MLflow."""
+import gzip
 import json
+import re
 
+from jobs.cli import SAMPLE_DIR
 from tests.conftest import REPO, tailor
 from tests.integration.test_ingest_job import strings_in
 
@@ -32,5 +36,19 @@ def test_pipeline_on_a_small_generated_sample(tmp_path):
     stored = [p for folder in (tmp_path, REPO / "var" / "mlartifacts") if folder.exists()
               for p in folder.rglob("*") if p.is_file()]
     assert any(p.name == "m.db" for p in stored)
+    raw_pii = raw_emails_and_phones(SAMPLE_DIR / "sample-u30-d7-s42")
+    assert len(raw_pii) > 20  # the sample has people with email and phone
     for path in stored:
-        assert PII_KEY not in strings_in(path), f"the PII key is in {path}"
+        text = strings_in(path)
+        assert PII_KEY not in text, f"the PII key is in {path}"
+        found = [value for value in raw_pii if value in text]
+        assert not found, f"raw PII {found[:3]} in {path}"
+
+
+def raw_emails_and_phones(sample) -> set[str]:
+    """Every email and phone value the sample's input files hold, as sent and normalized."""
+    text = "".join(gzip.decompress(p.read_bytes()).decode() if p.suffix == ".gz" else strings_in(p)
+                   for p in sample.rglob("*") if p.is_file() and not p.name.startswith("_"))
+    emails = set(re.findall(r"[\w.+-]+@[\w-]+\.[\w.]+", text))
+    phones = set(re.findall(r'"phone": ?"([^"]+)"', text)) | set(re.findall(r"\+\d[\d ()-]{8,}\d", text))
+    return emails | {e.lower() for e in emails} | phones | {re.sub(r"[^\d+]", "", p) for p in phones}
