@@ -1,6 +1,6 @@
 """`make bench`: Tailor's benchmarks, written into one shared markdown report.
 
-    .venv/bin/python bench/run.py --out bench/report.md [--sizes 1000000,10000000] [--only ingest]
+    .venv/bin/python bench/run.py --out bench/report.md [--sizes 1000000,10000000]
 
 Each benchmark owns one section of the report, between `<!-- NAME:start -->` and
 `<!-- NAME:end -->`, and rewrites only that section, so benchmarks added later (or run
@@ -63,7 +63,8 @@ class Measured:
 
 
 def run_measured(cmd: list[str], env: dict[str, str], log: Path) -> Measured:
-    """Run `cmd`, sampling the summed RSS and CPU time of it and all its descendants.
+    """Run `cmd`, sampling the summed RSS and CPU time of it and all its descendants (a child
+    that still shares its parent's memory, spawned but not yet exec'd, is counted once).
 
     CPU time is the last value seen per process, so up to one sample interval of a
     process's CPU can be missed at its exit.
@@ -84,10 +85,16 @@ def run_measured(cmd: list[str], env: dict[str, str], log: Path) -> Measured:
                     tree = [root, *root.children(recursive=True)]
                 except psutil.NoSuchProcess:
                     break
+                memory_of: dict[int, tuple[int, int]] = {}
                 for proc in tree:
                     try:
                         with proc.oneshot():
-                            rss += proc.memory_info().rss
+                            memory = proc.memory_info()
+                            memory_of[proc.pid] = (memory.rss, memory.vms)
+                            # A child the JVM has just spawned (for a chmod, say) shares its
+                            # parent's memory until it execs: counting it would count that twice.
+                            if memory_of.get(proc.ppid()) != (memory.rss, memory.vms):
+                                rss += memory.rss
                             times = proc.cpu_times()
                             cpu_by_pid[proc.pid] = times.user + times.system
                             if heap is None and proc.name() == "java":
@@ -426,7 +433,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="the report to write (sections are merged)")
     parser.add_argument("--sizes", default="1000000,10000000",
                         help="raw events per generated dump, comma-separated (ingest)")
-    parser.add_argument("--only", choices=["ingest"], default=None, help="run just this benchmark")
     parser.add_argument("--seed", type=int, default=SEED, help="seed of the generated dumps")
     parser.add_argument("--spark-driver-memory", default=None, metavar="SIZE",
                         help="spark.driver.memory for the Spark ingest (default: Spark's own, and "
