@@ -225,9 +225,11 @@ def _ingest_event_records(job: JobRun, raw, params: IngestParams, now: datetime)
     from pyspark.sql import functions as F
 
     events_uri = job.storage.uri("events")
+    # Read twice (quarantine, events) and as large as the dump: cached on local disk, which the
+    # OS page cache serves, not on the heap, where a 1g driver ran out of memory building it.
     checked = check_records(raw, params).withColumn(
         "raw", F.when(F.col("reason").isNotNull(), F.col("raw"))  # keep text only where needed
-    ).persist(StorageLevel.MEMORY_AND_DISK)
+    ).persist(StorageLevel.DISK_ONLY)
     repeated = None
     try:
         by_reason = {row["reason"]: row["count"] for row in checked.groupBy("reason").count().collect()}
