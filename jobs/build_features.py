@@ -94,10 +94,11 @@ def build(job: JobRun, as_of: date | None = None) -> dict:
     job.outputs = [target]
     tracking.open_experiment(job.config.mlflow.tracking_uri, job.config.mlflow.experiment, Path.cwd())
     # Consent is decided on the whole history (a later withdrawal applies to past as-of days
-    # too), then cut. Every per-person table reads these and the timeline is a sort: once.
+    # too), then cut. Every per-person table reads these and the timeline is a sort: once. As
+    # large as the events, so cached on local disk (the OS page cache serves it), not the heap.
     up_to_as_of = F.col("event_date") <= F.lit(as_of)
     personal = (personalization_events(events).where(up_to_as_of)
-                .persist(StorageLevel.MEMORY_AND_DISK))
+                .persist(StorageLevel.DISK_ONLY))
     people = primary_user_ids(personal).persist(StorageLevel.MEMORY_AND_DISK)
     counts: dict = {}
     try:

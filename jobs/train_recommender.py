@@ -74,7 +74,7 @@ def collect(job: JobRun, events) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     from training.spark_interactions import fingerprint, item_interactions
     from training.tracking import events_digest
 
-    events = events.persist(StorageLevel.MEMORY_AND_DISK)
+    events = events.persist(StorageLevel.DISK_ONLY)  # as large as the events: not on the heap
     try:
         digest = events_digest(*fingerprint(events))
         table = item_interactions(events).toPandas()
