@@ -40,7 +40,6 @@ VENV_BIN = Path(sys.executable).parent
 DAYS = 90
 SEED = 42
 SAMPLE_SECONDS = 0.2
-BIGGER_DRIVER_MEMORY = "4g"
 UDF_MARKERS = ("PythonUDF", "BatchEvalPython", "ArrowEvalPython")
 GIB = 1024 ** 3
 
@@ -161,27 +160,17 @@ def baseline_counts(stdout: str) -> dict:
     return {key: value for key, value in json.loads(lines[-1]).items() if key in _SPARK_COUNTS} if lines else {}
 
 
-def run_spark(dump: Path, size: int, env: dict, driver_memory: str | None) -> tuple[Measured, str | None, str | None]:
-    """`tailor ingest` into a fresh root, with Spark's default driver heap unless `driver_memory`
-    is given; once more with a bigger heap if the heap runs out. Returns the run, the driver
-    memory it used and a note saying why, if it is not the default."""
+def run_spark(dump: Path, size: int, env: dict, driver_memory: str | None) -> tuple[Measured, str | None]:
+    """`tailor ingest` into a fresh root, with the configured driver heap unless `driver_memory`
+    is given. Returns the run and a note on the heap when it is not the configured one."""
     root = WORK / f"root-{size}"
     cmd = [str(VENV_BIN / "tailor"), "ingest", "--input", str(dump), "--set", f"storage.root={root}"]
     note = None
     if driver_memory:
         cmd += ["--set", f"spark.conf.spark.driver.memory={driver_memory}"]
         note = f"run with `--set spark.conf.spark.driver.memory={driver_memory}`"
-    log = WORK / "logs" / f"spark-{size}{'-' + driver_memory if driver_memory else ''}"
     shutil.rmtree(root, ignore_errors=True)
-    result = run_measured(cmd, env, log)
-    if not driver_memory and result.error and "OutOfMemoryError" in result.error:
-        failed_after = result.wall_s
-        print(f"[ingest] {size:,}: spark ran out of heap after {failed_after:.0f}s; "
-              f"again with {BIGGER_DRIVER_MEMORY}", flush=True)
-        result, driver_memory, _ = run_spark(dump, size, env, BIGGER_DRIVER_MEMORY)
-        note = (f"java.lang.OutOfMemoryError with the default heap after {failed_after:.0f} s; "
-                f"re-run with `--set spark.conf.spark.driver.memory={driver_memory}`")
-    return result, driver_memory, note
+    return run_measured(cmd, env, WORK / "logs" / f"spark-{size}"), note
 
 
 def run_baseline(dump: Path, size: int, env: dict) -> Measured:
@@ -231,18 +220,14 @@ class IngestResult:
 
 
 def ingest_benchmark(sizes: list[int], seed: int, driver_memory: str | None) -> None:
-    """Measure each size (smallest first) and store its result under bench/work/. A heap that
-    had to grow for one size is used from the start for the larger ones."""
+    """Measure each size (smallest first) and store its result under bench/work/."""
     (WORK / "logs").mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable,
            "PYSPARK_DRIVER_PYTHON": sys.executable}
     for size in sizes:
         dump, summary = ensure_dump(size, seed)
         print(f"[ingest] {size:,}: dump {dump.name} ({summary['records']:,} records)", flush=True)
-        spark, used_memory, note = run_spark(dump, size, env, driver_memory)
-        if used_memory != driver_memory:
-            driver_memory = used_memory
-            note += "; larger sizes of this run start with that heap"
+        spark, note = run_spark(dump, size, env, driver_memory)
         print(f"[ingest] {size:,}: spark exit {spark.returncode} in {spark.wall_s:.0f}s", flush=True)
         baseline = run_baseline(dump, size, env)
         print(f"[ingest] {size:,}: baseline exit {baseline.returncode} in {baseline.wall_s:.0f}s", flush=True)
@@ -382,7 +367,7 @@ def ingest_section(results: list[IngestResult], plans: dict) -> str:
                + ("; identical counts" if len(done) == 2 and r.spark_counts == r.baseline_counts
                   else "; counts DIFFER: " + json.dumps(done) if len(done) == 2 else "") + "."
                if summary else "Neither finished."))
-    heaps = [f"{r.size:,}: -Xmx{r.spark.java_heap or '?'}" + (f" ({r.note})" if r.note else " (Spark's default)")
+    heaps = [f"{r.size:,}: -Xmx{r.spark.java_heap or '?'}" + (f" ({r.note})" if r.note else "")
              for r in results]
     return "\n".join([
         "## Ingest throughput",
@@ -409,8 +394,8 @@ def ingest_section(results: list[IngestResult], plans: dict) -> str:
         "",
         "Machine: " + "; ".join(machine_facts()) + ". The machine is shared: the load average column shows "
         "how busy it was (2 cores), which stretches wall times; CPU s is less sensitive to that.",
-        "Spark driver JVM heap (Spark's default `spark.driver.memory` is 1g; in local mode the executors run "
-        "inside the driver JVM): " + "; ".join(heaps) + ".",
+        "Spark driver JVM heap (`spark.driver.memory` in conf/base.yaml unless noted; in local mode the "
+        "executors run inside the driver JVM): " + "; ".join(heaps) + ".",
     ])
 
 
@@ -435,8 +420,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="raw events per generated dump, comma-separated (ingest)")
     parser.add_argument("--seed", type=int, default=SEED, help="seed of the generated dumps")
     parser.add_argument("--spark-driver-memory", default=None, metavar="SIZE",
-                        help="spark.driver.memory for the Spark ingest (default: Spark's own, and "
-                             f"{BIGGER_DRIVER_MEMORY} if that runs out)")
+                        help="spark.driver.memory for the Spark ingest (default: the configured one)")
     args = parser.parse_args(argv)
     sizes = sorted(int(size) for size in args.sizes.split(","))
 
