@@ -226,7 +226,7 @@ def _ingest_event_records(job: JobRun, raw, params: IngestParams, now: datetime)
 
     events_uri = job.storage.uri("events")
     # Read twice (quarantine, events) and as large as the dump: cached on local disk, which the
-    # OS page cache serves, not on the heap, where a 1g driver ran out of memory building it.
+    # OS page cache serves, instead of being kept on the heap.
     checked = check_records(raw, params).withColumn(
         "raw", F.when(F.col("reason").isNotNull(), F.col("raw"))  # keep text only where needed
     ).persist(StorageLevel.DISK_ONLY)
