@@ -39,10 +39,10 @@ WORK = REPO / "bench" / "work" / "serve"
 VENV_BIN = Path(sys.executable).parent
 PEOPLE, ITEMS, PER_PERSON = 50_000, 20_000, 20
 CONCURRENCY = (1, 16, 64)
-#: plain: BentoML as shipped; noop: the same with start-up objects frozen out of the garbage
-#: collector, like the service (the ceiling the targets compare with); recommend: the service.
+#: plain: BentoML as shipped; noop: the same with the service's heap settings and BentoML fix
+#: (the ceiling the targets compare with); recommend: the service.
 TARGETS_RUN = ("plain", "noop", "recommend")
-LABELS = {"plain": "no-op, plain BentoML", "noop": "no-op, gc frozen", "recommend": "/recommend"}
+LABELS = {"plain": "no-op, plain BentoML", "noop": "no-op, as the service", "recommend": "/recommend"}
 LUA = """
 math.randomseed(tonumber(os.getenv("BENCH_SEED") or "1"))
 local people = tonumber(os.getenv("BENCH_PEOPLE"))
@@ -208,18 +208,34 @@ def wrk(port: int, path: str, connections: int, seconds: int) -> dict:
     return stats
 
 
+def batching(port: int) -> tuple[float, float]:
+    """The service's /recommend batch histogram so far: (engine calls, requests answered);
+    zeros for a server without it (the no-op)."""
+    totals = {"count": 0.0, "sum": 0.0}
+    for line in requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text.splitlines():
+        name, _, value = line.partition(" ")
+        if name.startswith("tailor_recommend_batch_size_") and name.rsplit("_", 1)[1] in totals:
+            totals[name.rsplit("_", 1)[1]] = float(value)
+    return totals["count"], totals["sum"]
+
+
 def measure(server: Server, path: str, connections: int, seconds: int) -> dict:
     wrk(server.port, path, connections, 3)  # warm-up
-    started, cpu = time.monotonic(), server.cpu_seconds()
+    started, cpu, (calls, answered) = time.monotonic(), server.cpu_seconds(), batching(server.port)
     stats = wrk(server.port, path, connections, seconds)
     stats["cpu_ms_per_request"] = (server.cpu_seconds() - cpu) * 1000 / max(stats["requests"], 1)
+    calls_after, answered_after = batching(server.port)
+    stats["per_call"] = ((answered_after - answered) / (calls_after - calls)
+                         if calls_after > calls else None)
     rss = server.rss_between(started, time.monotonic())
     stats.update(rss_start=rss[0] if rss else 0, rss_end=rss[-1] if rss else 0,
                  rss_max=max(rss) if rss else 0, load=os.getloadavg()[0])
     print(f"[serve] {server.name:9s} c={connections:3d}: {stats['rps']:7.0f} req/s, "
           f"p50 {stats['p50_us'] / 1000:6.2f} ms, p99 {stats['p99_us'] / 1000:6.2f} ms, "
           f"errors {stats['errors']}, worker CPU {stats['cpu_ms_per_request']:.2f} ms/req, "
-          f"RSS {stats['rss_max'] / 2**20:.0f} MiB", flush=True)
+          f"RSS {stats['rss_max'] / 2**20:.0f} MiB"
+          + (f", {stats['per_call']:.1f} requests per engine call" if stats["per_call"] else ""),
+          flush=True)
     return stats
 
 
@@ -238,15 +254,17 @@ def section(facts: dict, build_s: float, results: dict, soak: dict | None) -> st
         "",
         f"`make bench-serve`: wrk on loopback against `tailor serve` (one BentoML worker) and, in "
         f"the same run, a no-op BentoML endpoint (bench/noop_service.py, same service options; "
-        f"once as plain BentoML, once with the service's gc freeze). "
+        f"once as plain BentoML, once with the service's gc freeze and timer fix). "
         f"ALS champion ({facts['factors']} factors) over {facts['items']:,} items and "
         f"{facts['people']:,} people ({facts['interactions']:,} interactions); every /recommend "
-        f"scores the whole catalogue live for a random known person (k=10). Each run "
+        f"scores the whole catalogue live for a random known person (k=10); the requests a "
+        f"worker's loop turn starts are scored in one matrix product (requests per engine "
+        f"call: the mean batch, from the service's /metrics). Each run "
         f"{results['seconds']} s after a 3 s warm-up; the three servers take turns per "
         f"concurrency. Load average is the machine's (shared with other work) at the run's end; worker CPU ms per request (the worker process's CPU time over the run ÷ requests) does not depend on how busy the machine is: 1000 ÷ it is what one worker can do on a free core. `tailor build-service` took {build_s:.0f} s (Spark start-up included).",
         "",
-        "| endpoint | concurrency | req/s | p50 ms | p99 ms | max ms | errors | worker CPU ms/req | worker RSS MiB (start → end, max) | load avg |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
+        "| endpoint | concurrency | req/s | p50 ms | p99 ms | max ms | errors | worker CPU ms/req | requests per engine call | worker RSS MiB (start → end, max) | load avg |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
     ]
     for connections in CONCURRENCY:
         for name in TARGETS_RUN:
@@ -255,9 +273,10 @@ def section(facts: dict, build_s: float, results: dict, soak: dict | None) -> st
                 f"| {LABELS[name]} | {connections} | {s['rps']:,.0f} | "
                 f"{s['p50_us'] / 1000:.2f} | {s['p99_us'] / 1000:.2f} | {s['max_us'] / 1000:.1f} | "
                 f"{s['errors']} | {s['cpu_ms_per_request']:.2f} | "
+                f"{'' if s['per_call'] is None else format(s['per_call'], '.1f')} | "
                 f"{mib(s['rss_start'])} → {mib(s['rss_end'])}, {mib(s['rss_max'])} | "
                 f"{s['load']:.2f} |")
-    lines += ["", "Against the no-op configured like the service (gc frozen):", "",
+    lines += ["", "Against the no-op configured like the service (gc frozen, timer fix):", "",
               "| concurrency | /recommend ÷ no-op req/s (target ≥ 0.8) | p99 ÷ no-op p99 (target ≤ 1.5) | no-op ÷ /recommend CPU per request |",
               "| ---: | ---: | ---: | ---: |"]
     for connections in CONCURRENCY:
@@ -268,6 +287,7 @@ def section(facts: dict, build_s: float, results: dict, soak: dict | None) -> st
     if soak:
         lines += ["", f"Soak: /recommend at concurrency 16 for {soak['seconds']} s: "
                       f"{soak['rps']:,.0f} req/s, p99 {soak['p99_us'] / 1000:.2f} ms, "
+                      f"{soak['per_call']:.1f} requests per engine call, "
                       f"{soak['errors']} errors; worker RSS {mib(soak['rss_start'])} MiB at the "
                       f"start, {mib(soak['rss_end'])} MiB at the end, {mib(soak['rss_max'])} MiB max."]
     return "\n".join(lines) + "\n"
@@ -288,12 +308,12 @@ def main(argv: list[str] | None = None) -> None:
     build_s = build()
     servers: dict[str, Server] = {}
     try:
-        for name, freeze in (("plain", "0"), ("noop", "1")):
+        for name, as_service in (("plain", "0"), ("noop", "1")):
             port = free_port()
             servers[name] = Server(name, [str(VENV_BIN / "bentoml"), "serve",
                                           "bench.noop_service:Noop", "--host", "127.0.0.1",
                                           "--port", str(port)],
-                                   port, "/readyz", {"NOOP_GC_FREEZE": freeze})
+                                   port, "/readyz", {"NOOP_AS_SERVICE": as_service})
         port = free_port()
         servers["recommend"] = Server(
             "recommend", [str(VENV_BIN / "tailor"), "serve", *settings(), "--port", str(port)],

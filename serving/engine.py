@@ -10,7 +10,7 @@ go to the writer's buffer, which its own thread writes out.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import numpy as np
@@ -64,8 +64,32 @@ class Person:
                 "enrolled": bool(served and served.enrolled)}
 
 
+@dataclass(frozen=True)
+class RecommendQuery:
+    """One /recommend request's fields."""
+
+    user_id: str
+    k: int
+    exclude_items: tuple[str, ...] = ()
+    category: str | None = None
+    context: dict = field(default_factory=dict)
+    in_stock_only: bool = False
+
+
+@dataclass
+class _Plan:
+    """A /recommend request once its person, rules and item filters are known."""
+
+    query: RecommendQuery
+    person: Person
+    decision: Decision
+    blocked: np.ndarray              # item indices never to show
+    shown: np.ndarray | None         # the mask of items the filters leave (None: all)
+    personal: bool                   # scored by the model (else the popular fallback)
+
+
 class Engine:
-    """Loaded once per worker; every method answers one request."""
+    """Loaded once per worker; every method answers one request (recommend_many several)."""
 
     def __init__(self, fitted: FittedRecommender, model_version: str, rules: RuleSet,
                  people: People, suppression: Suppression,
@@ -79,6 +103,8 @@ class Engine:
         self.default_consent, self.arrival_slots = default_consent, arrival_slots
         interactions = fitted.interactions
         self.item_ids = interactions.item_ids
+        self.item_names = [str(item) for item in self.item_ids]  # answers name items often
+        self.matrix = interactions.matrix
         self.n_items = len(self.item_ids)
         self.item_index = interactions.item_index
         self.person_index = interactions.person_index
@@ -89,8 +115,9 @@ class Engine:
         self.popular = self._popular_order(interactions.matrix)
         self.segment_popular = self._segment_popularity()
         factors = getattr(fitted.recommender, "item_factors", None)
-        self.unit_factors = None
+        self.unit_factors = self.item_factors_by_column = None
         if factors is not None:
+            self.item_factors_by_column = np.ascontiguousarray(factors.T)
             norms = np.linalg.norm(factors, axis=1, keepdims=True)
             self.unit_factors = factors / np.where(norms == 0, 1.0, norms)
         self.personal = not isinstance(fitted.recommender, PopularityRecommender)
@@ -124,7 +151,7 @@ class Engine:
             row = self.person_index.get(person)
             if row is not None and facts.get("segment") is not None:
                 rows_by_segment.setdefault(str(facts["segment"]), []).append(row)
-        matrix = self.fitted.interactions.matrix
+        matrix = self.matrix
         return {segment: self._popular_order(matrix[sorted(rows)])
                 for segment, rows in rows_by_segment.items()}
 
@@ -182,18 +209,43 @@ class Engine:
 
     def recommend(self, user_id: str, k: int, exclude_items=(), category: str | None = None,
                   context: dict | None = None, in_stock_only: bool = False) -> dict:
-        person = self.person(user_id, RECOMMENDATIONS_SLOT, context)
+        return self.recommend_many([RecommendQuery(user_id, k, tuple(exclude_items), category,
+                                                   context or {}, in_stock_only)])[0]
+
+    def recommend_many(self, queries: list[RecommendQuery]) -> list[dict]:
+        """The answers to several /recommend requests, their personal scores computed in one
+        matrix product: one pass over the item factors for all of them instead of one each,
+        which is most of the scoring's cost when requests arrive together."""
+        plans = [self._plan(query) for query in queries]
+        rows = [plan.person.row for plan in plans if plan.personal]
+        scores = iter(self._scores(np.asarray(rows)) if rows else ())
+        return [self._answer(plan, next(scores) if plan.personal else None) for plan in plans]
+
+    def _scores(self, rows: np.ndarray) -> np.ndarray:
+        """The model's scores of every item for the rows' people. A factor model multiplies
+        by its item factors stored column by column: OpenBLAS took 1.3-2.5x as long on the
+        transposed row-major matrix for 1-16 rows here (the model's own _score_users)."""
+        if self.item_factors_by_column is not None:
+            return self.fitted.recommender.user_factors[rows] @ self.item_factors_by_column
+        return self.fitted.recommender._score_users(rows, self.matrix)
+
+    def _plan(self, query: RecommendQuery) -> _Plan:
+        person = self.person(query.user_id, RECOMMENDATIONS_SLOT, query.context)
         decision = self.rules.decide(RECOMMENDATIONS_SLOT, person.facts)
-        blocked = self._blocked(person, exclude_items)
-        shown = self._filter(category, decision, in_stock_only)
-        matrix = self.fitted.interactions.matrix
-        if (person.row is not None and self.personal
-                and matrix.indptr[person.row + 1] > matrix.indptr[person.row]):
-            items, scores = self._personal(person.row, k, blocked, shown, decision)
+        personal = (person.row is not None and self.personal
+                    and self.matrix.indptr[person.row + 1] > self.matrix.indptr[person.row])
+        return _Plan(query, person, decision, self._blocked(person, query.exclude_items),
+                     self._filter(query.category, decision, query.in_stock_only), personal)
+
+    def _answer(self, plan: _Plan, scores: np.ndarray | None) -> dict:
+        """One request's answer from its plan and, for a personal one, its row of scores."""
+        query, person, decision = plan.query, plan.person, plan.decision
+        blocked, shown, k = plan.blocked, plan.shown, query.k
+        if scores is not None:
+            items, scores = self._personal(scores, k, blocked, shown, decision)
             reasons = self._anchor_reasons(person.row, items)
-            fallback = False
         else:
-            segment = person.segment or (context or {}).get("segment")
+            segment = person.segment or query.context.get("segment")
             popular = self.segment_popular.get(str(segment)) if segment is not None else None
             reason = f"popular in segment {segment}" if popular is not None else "popular"
             order, shares = self.popular if popular is None else popular
@@ -201,16 +253,16 @@ class Engine:
             allowed[blocked] = False
             items, scores = order[allowed[order]][:k], shares[allowed[order]][:k]
             reasons = [reason] * len(items)
-            fallback = True
-        ranked = [(str(self.item_ids[i]), s, r) for i, s, r in
+        ranked = [(self.item_names[i], s, r) for i, s, r in
                   self._pin(decision, blocked, shown, list(zip(items, scores, reasons)), k)]
-        if not fallback and self.arrival_slots:
-            arrivals = self._arrivals(person.row, k, exclude_items, category, decision)
+        if plan.personal and self.arrival_slots:
+            arrivals = self._arrivals(person.row, k, query.exclude_items, query.category,
+                                      decision)
             ranked = ranked[:k - len(arrivals)] + arrivals
-        return {"user_id": user_id,
+        return {"user_id": query.user_id,
                 "items": [{"item_id": i, "score": round(float(s), 6), "reason": r}
                           for i, s, r in ranked],
-                "fallback": fallback, "segment": person.segment, **person.arm(),
+                "fallback": not plan.personal, "segment": person.segment, **person.arm(),
                 "model_version": self.model_version}
 
     def _arrivals(self, row: int, k: int, exclude_items, category: str | None,
@@ -253,14 +305,10 @@ class Engine:
             shown &= mask
         return shown
 
-    def _personal(self, row: int, k: int, blocked: np.ndarray, shown: np.ndarray | None,
-                  decision: Decision):
-        """The model's top items for the row, boosts applied.
-
-        One row is scored directly through the model's scoring function:
-        FittedRecommender.recommend_rows is built for batches and costs ~5 ms per call in
-        sparse-matrix bookkeeping, more than the whole HTTP request should."""
-        scores = self.fitted.recommender._score_users(np.array([row]), self.fitted.interactions.matrix)[0]
+    def _personal(self, scores: np.ndarray, k: int, blocked: np.ndarray,
+                  shown: np.ndarray | None, decision: Decision):
+        """The model's top items from the person's row of scores (overwritten), boosts
+        applied."""
         scores[blocked] = -np.inf
         if shown is not None:
             scores[~shown] = -np.inf
@@ -275,14 +323,14 @@ class Engine:
 
     def _anchor_reasons(self, row: int, items: np.ndarray) -> list[str]:
         """"similar to X": the history item most like each recommended item."""
-        matrix = self.fitted.interactions.matrix
+        matrix = self.matrix
         history = matrix.indices[matrix.indptr[row]:matrix.indptr[row + 1]]
         if not len(items) or not len(history):
             return ["recommended for you"] * len(items)
         if self.unit_factors is not None:
             similarity = self.unit_factors[items] @ self.unit_factors[history].T
             anchors = history[np.argmax(similarity, axis=1)]
-            return [f"similar to {self.item_ids[a]} you engaged with" for a in anchors]
+            return [f"similar to {self.item_names[a]} you engaged with" for a in anchors]
         reasons = []
         for item in items:
             why = self.fitted.explain(self.fitted.interactions.person_ids[row], self.item_ids[item], 1)
@@ -317,7 +365,7 @@ class Engine:
         items, scores = self.fitted.recommender.similar_items([index], k)
         keep = (items[0] != PAD) & np.isfinite(scores[0])  # a zero vector's similarity is NaN
         return {"item_id": item_id,
-                "items": [{"item_id": str(self.item_ids[i]), "score": round(float(s), 6)}
+                "items": [{"item_id": self.item_names[i], "score": round(float(s), 6)}
                           for i, s in zip(items[0][keep], scores[0][keep])],
                 "model_version": self.model_version}
 

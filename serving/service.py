@@ -11,7 +11,8 @@ definitions (a rules or experiments file that fails its check stops the start). 
 enrolled people are buffered and written by the writer's thread, and flushed on shutdown.
 
 The API handlers are ``async``: the scoring is a few hundred microseconds of numpy, and a
-sync handler would pay a hop through BentoML's one-thread pool on every request.
+sync handler would pay a hop through BentoML's one-thread pool on every request. The
+/recommend requests a loop turn starts are answered by one engine call (serving/batching.py).
 """
 from __future__ import annotations
 
@@ -30,8 +31,9 @@ from jobs.config import ConfigError, TailorConfig, checkout_path, load_config
 from jobs.storage import resolve_uri
 from serving.data import (CATALOGUE_FILE, CONFIG_ENV, IDENTITIES_FILE, RECOMMENDER_DIR, People,
                           Root, Suppression)
-from serving import heap
-from serving.engine import CONSENT, Engine
+from serving import bentoml_fixes, heap
+from serving.batching import Coalescer
+from serving.engine import CONSENT, Engine, RecommendQuery
 from serving.experiments import load_configured
 from serving.exposures import ExposureWriter
 from serving.rules import checked_rules
@@ -47,8 +49,12 @@ def service_config(environ=os.environ) -> TailorConfig:
 
 
 CONFIG = service_config()
+bentoml_fixes.install()
 MODEL_TAG = getattr(bentoml.use_arguments(), "model_tag", f"{CONFIG.serving.model_name}:latest")
 _state: dict[str, str] = {"model_version": ""}
+BATCH_SIZES = bentoml.metrics.Histogram(
+    name="tailor_recommend_batch_size", buckets=(1, 2, 4, 8, 16, 32, 64),
+    documentation="/recommend requests answered by one engine call (serving/batching.py)")
 
 
 # -- request and response bodies (strict: wrong types and unknown fields are 400s) -----------
@@ -264,6 +270,8 @@ class Recommender:
         self.engine, self.suppression = load_engine(CONFIG, Path(stored.path), version,
                                                     self.exposures)
         self.suppression.start(CONFIG.serving.suppression_refresh_seconds)
+        self.recommendations = Coalescer(self.engine.recommend_many,
+                                         on_batch=BATCH_SIZES.observe)
         _state["model_version"] = version
         heap.settle()  # the "~100 ms p99 at concurrency 1": see serving/heap.py
 
@@ -280,9 +288,10 @@ class Recommender:
     async def recommend(self, user_id: str, k: int, exclude_items: list[str],
                         category: str | None, in_stock_only: bool,
                         context: dict[str, Any]) -> JSONResponse:
-        """Top-k items for a person, with a reason each; unknown people get popular items."""
-        return JSONResponse(self.engine.recommend(user_id, k, exclude_items, category, context,
-                                                  in_stock_only))
+        """Top-k items for a person, with a reason each; unknown people get popular items.
+        Requests that arrive together are scored together (serving/batching.py)."""
+        return JSONResponse(await self.recommendations.submit(RecommendQuery(
+            user_id, k, tuple(exclude_items), category, context, in_stock_only)))
 
     @bentoml.api(input_spec=SimilarItemsRequest, output_spec=SimilarItemsResponse)
     async def similar_items(self, item_id: str, k: int) -> JSONResponse:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -318,6 +320,62 @@ def test_excluded_items_category_filter_rule_filter_and_pins(service):
                                       "context": {"page": "promo"}}).json()
     assert pinned["items"][0] == {"item_id": "i01", "score": pinned["items"][0]["score"],
                                   "reason": "pinned by rule pin-promo"}
+
+
+RECOMMEND_MIX = [{"user_id": f"u{p:02d}", "k": 4} for p in range(12)] + [
+    {"user_id": "someone-new", "k": 3, "context": {"segment": "odd"}},
+    {"user_id": "u05", "k": 3, "exclude_items": ["i03", "i05"]},
+    {"user_id": "u06", "k": 3, "category": "games"},
+    {"user_id": "u08", "k": 3, "context": {"page": "promo"}}]
+
+
+def same_answers(got: list[dict], expected: list[dict]) -> bool:
+    """Equal but for the last digit of float32 scores (one product or several differ there)."""
+    def scores(answers):
+        return [item["score"] for answer in answers for item in answer.get("items", [])]
+
+    def rest(answers):
+        return [{**answer, "items": [{**item, "score": None} for item in answer.get("items", [])]}
+                for answer in answers]
+
+    return rest(got) == rest(expected) and scores(got) == pytest.approx(scores(expected), abs=2e-6)
+
+
+def test_requests_arriving_together_are_answered_as_if_alone(service):
+    """/recommend requests in flight together are scored in one batch (serving/batching.py);
+    each still gets its own answer, and a bad one among them only its own 400."""
+    base = service.base
+    bodies = [*RECOMMEND_MIX, {"user_id": "u07", "k": 0}]
+    alone = [post(base, "/recommend", body) for body in bodies]
+    assert [r.status_code for r in alone] == [200] * len(RECOMMEND_MIX) + [400]
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        for _ in range(3):
+            together = list(pool.map(lambda body: post(base, "/recommend", body), bodies))
+            assert [r.status_code for r in together] == [r.status_code for r in alone]
+            assert same_answers([r.json() for r in together], [r.json() for r in alone])
+    metrics = requests.get(f"{base}/metrics", headers=AUTH, timeout=10).text
+    calls = float(re.search(r"^tailor_recommend_batch_size_count (\S+)$", metrics, re.M)[1])
+    answered = float(re.search(r"^tailor_recommend_batch_size_sum (\S+)$", metrics, re.M)[1])
+    assert 1 <= calls <= answered  # how well they coalesced depends on the machine's timing
+
+
+def test_engine_answers_a_batch_as_it_answers_each(service, tmp_path):
+    """recommend_many, what the service calls, against recommend one at a time, in process."""
+    from bentoml._internal.models import ModelStore
+
+    from serving.engine import RecommendQuery
+    from serving.service import load_engine
+
+    model = ModelStore(Path(service.config.serving.bentoml_home) / "models").get(
+        "tailor-recommender:v1")
+    engine, _ = load_engine(service.config, Path(model.path), "1")
+    queries = [RecommendQuery(body["user_id"], body["k"], tuple(body.get("exclude_items", ())),
+                              body.get("category"), body.get("context", {}))
+               for body in RECOMMEND_MIX]
+    one_by_one = [engine.recommend(q.user_id, q.k, q.exclude_items, q.category, q.context)
+                  for q in queries]
+    assert same_answers(engine.recommend_many(queries), one_by_one)
+    assert engine.recommend_many([]) == []
 
 
 def test_similar_items_and_unknown_item(service):
