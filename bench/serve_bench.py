@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -257,9 +258,9 @@ def section(facts: dict, build_s: float, results: dict, soak: dict | None) -> st
         f"once as plain BentoML, once with the service's gc freeze and timer fix). "
         f"ALS champion ({facts['factors']} factors) over {facts['items']:,} items and "
         f"{facts['people']:,} people ({facts['interactions']:,} interactions); every /recommend "
-        f"scores the whole catalogue live for a random known person (k=10); the requests a "
-        f"worker's loop turn starts are scored in one matrix product (requests per engine "
-        f"call: the mean batch, from the service's /metrics). Each run "
+        f"scores the whole catalogue live for a random known person (k=10); requests in flight "
+        f"together are scored in one matrix product (serving/batching.py; requests per engine "
+        f"call is the mean batch, from the service's /metrics). Each run "
         f"{results['seconds']} s after a 3 s warm-up; the three servers take turns per "
         f"concurrency. Load average is the machine's (shared with other work) at the run's end; worker CPU ms per request (the worker process's CPU time over the run ÷ requests) does not depend on how busy the machine is: 1000 ÷ it is what one worker can do on a free core. `tailor build-service` took {build_s:.0f} s (Spark start-up included).",
         "",
@@ -300,7 +301,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--soak", type=int, default=60, help="seconds of the soak run (0: none)")
     parser.add_argument("--notes", type=Path, default=REPO / "bench" / "serve_notes.md",
                         help="markdown appended to the section (the p99 investigation)")
+    parser.add_argument("--render-only", action="store_true",
+                        help="rewrite the section from the last run's results (after editing the notes)")
     args = parser.parse_args(argv)
+    if args.render_only:
+        return write_report(args, json.loads((WORK / "results.json").read_text()))
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed (apt-get install wrk; `make bench-serve` does it)")
     facts = synthetic_champion()
@@ -331,11 +336,20 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         for server in servers.values():
             server.stop()
-    body = section(facts, build_s, results, soak)
+    write_report(args, {"facts": facts, "build_s": build_s, "results": results, "soak": soak,
+                        "finished": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M}"})
+
+
+def write_report(args, run: dict) -> None:
+    """The report's serve section from one run (kept in results.json) and the notes."""
+    (WORK / "results.json").write_text(json.dumps(run, indent=1))
+    results = {**run["results"], **{name: {int(c): s for c, s in run["results"][name].items()}
+                                    for name in TARGETS_RUN}}  # JSON made the keys text
+    body = section(run["facts"], run["build_s"], results, run["soak"])
     if args.notes.exists():
         body += "\n" + args.notes.read_text()
-    write_section(args.out, "serve", body + "\n" + "\n".join(machine_facts()))
-    (WORK / "results.json").write_text(json.dumps({"results": results, "soak": soak}, indent=1))
+    facts = [*machine_facts()[:-1], f"run finished {run['finished']} UTC"]
+    write_section(args.out, "serve", body + "\n" + "\n".join(facts))
     print(f"[serve] wrote {args.out}", flush=True)
 
 
