@@ -85,7 +85,8 @@ class _Plan:
     decision: Decision
     blocked: np.ndarray              # item indices never to show
     shown: np.ndarray | None         # the mask of items the filters leave (None: all)
-    personal: bool                   # scored by the model (else the popular fallback)
+    fallback: bool                   # the model can't score them: the cold-start answer
+    personal: bool                   # scored by the model (else popular items)
 
 
 class Engine:
@@ -232,10 +233,11 @@ class Engine:
     def _plan(self, query: RecommendQuery) -> _Plan:
         person = self.person(query.user_id, RECOMMENDATIONS_SLOT, query.context)
         decision = self.rules.decide(RECOMMENDATIONS_SLOT, person.facts)
-        personal = (person.row is not None and self.personal
-                    and self.matrix.indptr[person.row + 1] > self.matrix.indptr[person.row])
+        fallback = not (person.row is not None and self.personal
+                        and self.matrix.indptr[person.row + 1] > self.matrix.indptr[person.row])
         return _Plan(query, person, decision, self._blocked(person, query.exclude_items),
-                     self._filter(query.category, decision, query.in_stock_only), personal)
+                     self._filter(query.category, decision, query.in_stock_only), fallback,
+                     personal=not fallback and decision.rank_rule is None)
 
     def _answer(self, plan: _Plan, scores: np.ndarray | None) -> dict:
         """One request's answer from its plan and, for a personal one, its row of scores."""
@@ -248,6 +250,8 @@ class Engine:
             segment = person.segment or query.context.get("segment")
             popular = self.segment_popular.get(str(segment)) if segment is not None else None
             reason = f"popular in segment {segment}" if popular is not None else "popular"
+            if decision.rank_rule is not None:
+                reason += f"; ranked by rule {decision.rank_rule}"
             order, shares = self.popular if popular is None else popular
             allowed = np.ones(self.n_items, dtype=bool) if shown is None else shown.copy()
             allowed[blocked] = False
@@ -262,7 +266,7 @@ class Engine:
         return {"user_id": query.user_id,
                 "items": [{"item_id": i, "score": round(float(s), 6), "reason": r}
                           for i, s, r in ranked],
-                "fallback": not plan.personal, "segment": person.segment, **person.arm(),
+                "fallback": plan.fallback, "segment": person.segment, **person.arm(),
                 "model_version": self.model_version}
 
     def _arrivals(self, row: int, k: int, exclude_items, category: str | None,

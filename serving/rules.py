@@ -28,6 +28,8 @@ whether Tailor holds consented data about them, else `consent.default_personaliz
 
 Actions on catalogue fields: a boost can target a `category`, a `brand`, items `on_sale` or
 listed `items`; `in_stock_only: true` drops items the catalogue marks out of stock.
+`rank: popularity` ranks /recommend by popularity (in the person's segment when known) instead
+of the model: what an experiment arm that tests the model against popularity needs.
 
 Because conditions are a closed set of operators, `check` can reason about them: equal-priority
 rules of one slot whose conditions can hold together (their order would be arbitrary), rules
@@ -40,7 +42,7 @@ import math
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -90,13 +92,14 @@ class Action(_Strict):
     pin: list[str] = []
     filter_category: str | None = None
     in_stock_only: bool = False
+    rank: Literal["popularity"] | None = None  # instead of the model (an experiment's arm)
 
     @model_validator(mode="after")
     def _something(self) -> Action:
         if (self.variant is None and self.boost is None and not self.pin
-                and not self.filter_category and not self.in_stock_only):
+                and not self.filter_category and not self.in_stock_only and self.rank is None):
             raise ValueError("an action needs one of variant, boost, pin, filter_category, "
-                             "in_stock_only")
+                             "in_stock_only, rank")
         return self
 
 
@@ -310,6 +313,7 @@ class Decision:
     pins: list[tuple[str, str]] = field(default_factory=list)   # (rule id, item id)
     filtered_categories: list[tuple[str, str]] = field(default_factory=list)
     in_stock_only: bool = False
+    rank_rule: str | None = None  # the rule that ranks the slot by popularity, not the model
     why: list[str] = field(default_factory=list)  # one line per rule of the slot
 
 
@@ -405,6 +409,8 @@ class RuleSet:
             if action.filter_category:
                 decision.filtered_categories.append((rule.id, action.filter_category))
             decision.in_stock_only |= action.in_stock_only
+            if action.rank == "popularity" and decision.rank_rule is None:
+                decision.rank_rule = rule.id
             decision.why.append(f"{rule.id}: matched, applied (priority {rule.priority})")
         return decision
 

@@ -61,6 +61,11 @@ rules:
     priority: 5
     when: {context.page: promo}
     then: {pin: [i01]}
+  - id: bestsellers-page
+    slot: recommendations
+    priority: 6
+    when: {context.page: bestsellers}
+    then: {rank: popularity}
   - id: hero-bold
     slot: hero
     priority: 10
@@ -376,6 +381,18 @@ def test_engine_answers_a_batch_as_it_answers_each(service, tmp_path):
                   for q in queries]
     assert same_answers(engine.recommend_many(queries), one_by_one)
     assert engine.recommend_many([]) == []
+
+
+def test_a_rule_can_rank_by_popularity_instead_of_the_model(service):
+    """What an experiment arm "model=popularity" needs (conf/rules.yaml gives it one): a known
+    person gets their segment's popular items, still none they have seen, and no fallback."""
+    body = post(service.base, "/recommend", {"user_id": "u04", "k": 3,
+                                             "context": {"page": "bestsellers"}}).json()
+    assert body["fallback"] is False and body["segment"] == "even"
+    assert [item["item_id"] for item in body["items"]] == ["i04"]  # the only even one unseen
+    assert body["items"][0]["reason"] == "popular in segment even; ranked by rule bestsellers-page"
+    model = post(service.base, "/recommend", {"user_id": "u04", "k": 3}).json()
+    assert model["items"][0]["reason"].startswith("similar to i")
 
 
 def test_similar_items_and_unknown_item(service):

@@ -95,8 +95,21 @@ def test_experiment_consent_and_catalogue_fields_and_actions():
     assert other.applied == ["acme", "stocked"] and other.boosts[0][1].brand == "acme"
     with pytest.raises(ValueError, match="a boost needs a category, brand, on_sale"):
         ruleset(rule("r", 1, boost={"on_sale": False, "factor": 2.0}))
-    with pytest.raises(ValueError, match="an action needs one of .*in_stock_only"):
+    with pytest.raises(ValueError, match="an action needs one of .*in_stock_only, rank"):
         ruleset(rule("r", 1, in_stock_only=False))
+
+
+def test_rank_by_popularity_is_set_by_the_highest_rule_that_asks():
+    rules = ruleset(
+        rule("pop-arm", 30, {"variant_levels": {"contains": "model=pop"}}, slot="recommendations",
+             rank="popularity"),
+        rule("sale-page", 20, {"context.page": "sale"}, slot="recommendations", rank="popularity"),
+        context_fields=["page"])
+    both = rules.decide("recommendations", {"variant_levels": ["model=pop"], "context.page": "sale"})
+    assert both.rank_rule == "pop-arm" and both.applied == ["pop-arm", "sale-page"]
+    assert rules.decide("recommendations", {"variant_levels": ["model=als"]}).rank_rule is None
+    with pytest.raises(ValueError, match="rank"):
+        ruleset(rule("r", 1, rank="random"))
 
 
 def test_people_facts_are_rule_comparable():
