@@ -59,7 +59,11 @@ def spark_settings(config: TailorConfig, environ: dict[str, str]) -> dict[str, s
     if launched_by_spark_submit(environ):
         return settings
     settings["spark.master"] = config.spark.master
-    settings["spark.driver.extraJavaOptions"] = f"-Dlog4j.configurationFile=file:{LOG4J_CONFIG}"
+    # Tailor's log4j settings first: JVM options configured under spark.conf follow (the later
+    # of two -D settings wins), rather than being replaced.
+    settings["spark.driver.extraJavaOptions"] = " ".join(filter(None, [
+        f"-Dlog4j.configurationFile=file:{LOG4J_CONFIG}",
+        settings.get("spark.driver.extraJavaOptions")]))
     jars_dir = config.spark.s3a_jars_dir
     if jars_dir:
         jars_path = checkout_path(jars_dir)

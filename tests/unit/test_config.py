@@ -114,6 +114,15 @@ def test_spark_settings_s3a_from_config_and_env():
         spark_settings(config, {})
 
 
+def test_configured_driver_jvm_options_are_kept_beside_tailors_log_settings():
+    options = spark_settings(load_config(environ={}), {})["spark.driver.extraJavaOptions"]
+    log_settings, configured = options.split(" ", 1)
+    assert log_settings.startswith("-Dlog4j.configurationFile=file:")
+    assert configured == "-XX:+UseParallelGC"  # conf/base.yaml's
+    config = load_config(None, ["spark.conf.spark.driver.extraJavaOptions=-Xss4m"], environ={})
+    assert spark_settings(config, {})["spark.driver.extraJavaOptions"] == f"{log_settings} -Xss4m"
+
+
 def test_spark_submit_owns_master_and_classpath():
     config = load_config(environ={})
     settings = spark_settings(config, {"PYSPARK_GATEWAY_PORT": "1234"})
