@@ -12,7 +12,7 @@ enrolled people are buffered and written by the writer's thread, and flushed on 
 
 The API handlers are ``async``: the scoring is a few hundred microseconds of numpy, and a
 sync handler would pay a hop through BentoML's one-thread pool on every request. The
-/recommend requests a loop turn starts are answered by one engine call (serving/batching.py).
+/recommend requests in flight together are answered by one engine call (serving/batching.py).
 """
 from __future__ import annotations
 
