@@ -67,13 +67,17 @@ def top_categories(events: DataFrame, n: int) -> list[str]:
     return [row["category"] for row in rows]
 
 
+def email_interactions(events: DataFrame) -> DataFrame:
+    """The opens and clicks that name their campaign, with its id as `campaign_id`."""
+    return (events.where(F.col("event_type").isin(*EMAIL_ACTIONS.values()))
+            .withColumn("campaign_id", F.col("properties")["campaign_id"])
+            .where(F.col("campaign_id").isNotNull()))
+
+
 def campaign_sends(events: DataFrame) -> list[tuple[str, datetime]]:
     """(campaign_id, sent_at) per campaign: its earliest open or click stands in for the send."""
-    rows = (events.where(F.col("event_type").isin(*EMAIL_ACTIONS.values()))
-            .select(F.col("properties")["campaign_id"].alias("campaign_id"), "event_time")
-            .where(F.col("campaign_id").isNotNull())
-            .groupBy("campaign_id").agg(F.min("event_time").alias("sent_at"))
-            .orderBy("campaign_id").collect())
+    rows = (email_interactions(events).groupBy("campaign_id")
+            .agg(F.min("event_time").alias("sent_at")).orderBy("campaign_id").collect())
     return [(row["campaign_id"], row["sent_at"]) for row in rows]
 
 
@@ -107,6 +111,20 @@ def _campaigns_sent(first_event_time: Column, interacted: Column,
     later = F.filter(F.array(*[F.struct(F.lit(c).alias("id"), F.lit(t).alias("at")) for c, t in sends]),
                      lambda send: send["at"] >= first_event_time)
     return F.array_union(F.transform(later, lambda send: send["id"]), interacted)
+
+
+def distinct_count(events: DataFrame, value: Column, name: str) -> DataFrame:
+    """Per person: `name`, the number of distinct non-null `value`s among their events."""
+    return (events.select("person_id", value.alias("_value")).where(F.col("_value").isNotNull())
+            .distinct().groupBy("person_id").agg(F.count("*").alias(name)))
+
+
+def campaigns_interacted(events: DataFrame) -> DataFrame:
+    """Per person with an e-mail open or click: the campaign ids opened (`_opens`) and clicked
+    (`_clicks`)."""
+    return (email_interactions(events).groupBy("person_id")
+            .agg(*[F.collect_set(F.when(F.col("event_type") == t, F.col("campaign_id")))
+                   .alias(f"_{action}s") for action, t in EMAIL_ACTIONS.items()]))
 
 
 def item_arrivals(events: DataFrame, catalogue: DataFrame | None) -> DataFrame:
@@ -143,12 +161,13 @@ def behaviour_features(events: DataFrame, params: BehaviourParams,
                    <= params.new_arrival_days * 86400.0)
     age_days = F.greatest(F.lit(params.decay_from).cast("double") - F.col("event_time").cast("double"),
                           F.lit(0.0)) / 86400.0
-    campaign = F.col("properties")["campaign_id"]
     device_type = F.lower(F.trim(F.col("properties")["device_type"]))
 
+    # Only plain counts, sums and extremes here, so that Spark aggregates in one hash pass; the
+    # distinct counts and campaign sets come from their own aggregates (in this one, Spark would
+    # copy every event once per distinct count and fall back to sorting them all).
     totals = events.join(item_first_seen, "item_id", "left").groupBy("person_id").agg(
         F.count("*").alias("events"),
-        F.count_distinct(F.to_date("event_time")).alias("days_active"),
         F.min("event_time").alias("first_event_time"),
         F.max("event_time").alias("last_event_time"),
         *[_count_if(event_type == t).alias(f"events_{t}") for t in params.event_types],
@@ -158,12 +177,17 @@ def behaviour_features(events: DataFrame, params: BehaviourParams,
         _count_if(is_purchase).alias("_purchases"),
         _count_if(is_purchase & discounted).alias("_discounted"),
         _count_if(is_purchase & new_arrival).alias("_new_arrivals"),
-        *[F.collect_set(F.when(event_type == t, campaign)).alias(f"_{action}s")
-          for action, t in EMAIL_ACTIONS.items()],
-        F.count_distinct("anonymous_id").alias("devices"),
         _count_if(device_type.isNotNull() & (device_type != "")).alias("_device_typed"),
         *[_count_if(device_type == d).alias(f"_device_{i}") for i, d in enumerate(params.device_types)],
         *[_count_if(F.col("channel") == c).alias(f"_channel_{c}") for c in params.channels])
+    no_campaigns = F.array().cast("array<string>")
+    totals = (totals
+              .join(distinct_count(events, F.to_date("event_time"), "days_active"), "person_id", "left")
+              .join(distinct_count(events, F.col("anonymous_id"), "devices"), "person_id", "left")
+              .join(campaigns_interacted(events), "person_id", "left")
+              .fillna(0, ["days_active", "devices"])
+              .withColumn("_opens", F.coalesce("_opens", no_campaigns))
+              .withColumn("_clicks", F.coalesce("_clicks", no_campaigns)))
 
     affinity = F.create_map(*[part for i, c in enumerate(categories) for part in
                               (F.lit(c), F.col(f"_category_{i}") / F.col("_category_events"))])
