@@ -1,12 +1,14 @@
 """Features benchmark: Spark RFM + behaviour beside a single-process pandas RFM, same events.
 
-    .venv/bin/python bench/features_bench.py --out bench/report.md [--sizes 1000000,5000000]
+    .venv/bin/python bench/features_bench.py --out bench/report.md [--sizes 1000000,5000000,20000000]
 
 For each size, a generated table of canonical view/cart/purchase events (Parquet, made once
 under bench/work/) is read by two subprocesses, one after the other: Spark (local[2], the
 default driver heap) runs features.rfm and then features.behaviour, writing both; pandas runs
 `pandas_rfm` below — the same RFM definitions, quintile edges and segment table — and writes
-it. Each process tree is sampled for peak RSS by bench/run.py's `run_measured`, and the two RFM
+it. Each then runs its RFM once more in the same process ("again"): the first Spark query in a
+fresh JVM pays for class loading, code generation and JIT compilation, and the repeat shows
+how much of the first time that was. Each process tree is sampled for peak RSS by bench/run.py's `run_measured`, and the two RFM
 tables are compared cell by cell. The report section sits between `<!-- features:start -->`
 and `<!-- features:end -->` of the report; everything else in it is kept.
 
@@ -43,6 +45,8 @@ EVENTS_PER_PERSON = 25
 ITEMS, CATEGORIES = 20_000, 20
 EVENT_MIX = {"view_item": 0.8, "add_to_cart": 0.1, "purchase": 0.1}
 CHUNK = 1_000_000
+# "Memory flat": peak RSS may grow at most (input growth) ** this: 1.5x for 5x the events.
+MEMORY_GROWTH_EXPONENT = 0.25
 GIB = 1024 ** 3
 
 
@@ -127,16 +131,25 @@ def pandas_rfm(purchases: pd.DataFrame, as_of: date) -> pd.DataFrame:
     return rfm.reset_index()[RFM_COLUMNS]
 
 
-def pandas_worker(events: Path, out: Path) -> dict:
-    started = time.monotonic()
+def pandas_rfm_job(events: Path, target: Path) -> int:
+    """Read the purchases, compute RFM, write it to `target`; returns the rows written."""
     table = pq.read_table(events, columns=["event_type", "event_time", "user_id", "anonymous_id",
                                            "revenue"], filters=[("event_type", "=", "purchase")])
     purchases = table.to_pandas()
     purchases["person_id"] = purchases["user_id"].fillna(purchases["anonymous_id"])
     rfm = pandas_rfm(purchases, AS_OF)
-    out.mkdir(parents=True, exist_ok=True)
-    rfm.to_parquet(out / "rfm.parquet", index=False)
-    return {"rfm_s": time.monotonic() - started, "rfm_rows": len(rfm)}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    rfm.to_parquet(target, index=False)
+    return len(rfm)
+
+
+def pandas_worker(events: Path, out: Path) -> dict:
+    started = time.monotonic()
+    rows = pandas_rfm_job(events, out / "rfm.parquet")
+    first_done = time.monotonic()
+    pandas_rfm_job(events, out / "again" / "rfm.parquet")
+    return {"rfm_s": first_done - started, "rfm_again_s": time.monotonic() - first_done,
+            "rfm_rows": rows}
 
 
 def spark_worker(events: Path, out: Path) -> dict:
@@ -162,11 +175,13 @@ def spark_worker(events: Path, out: Path) -> dict:
         device_types=tuple(config.features.device_types))
     behaviour_features(frame, params).write.mode("overwrite").parquet(str(out / "behaviour"))
     done = time.monotonic()
+    rfm_features(frame, AS_OF).write.mode("overwrite").parquet(str(out / "again" / "rfm"))
+    again_done = time.monotonic()
     counts = {"rfm_rows": spark.read.parquet(str(out / "rfm")).count(),
               "behaviour_rows": spark.read.parquet(str(out / "behaviour")).count()}
     spark.stop()
     return {"startup_s": ready - started, "rfm_s": rfm_done - ready, "behaviour_s": done - rfm_done,
-            **counts}
+            "rfm_again_s": again_done - done, **counts}
 
 
 # -- the run and the report ----------------------------------------------------------------------
@@ -203,6 +218,7 @@ def measure(size: int, seed: int, env: dict) -> dict:
         print(f"[features] {size:,}: {name} {run.wall_s:.0f}s, peak {run.peak_rss / GIB:.2f} GiB", flush=True)
     result["agreement"] = compare(WORK / f"features-spark-{size}", WORK / f"features-pandas-{size}")
     result["ratio"] = result["pandas"]["rfm_s"] / result["spark"]["rfm_s"]
+    result["ratio_again"] = result["pandas"]["rfm_again_s"] / result["spark"]["rfm_again_s"]
     result["measured_at"] = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
     (WORK / f"features-{size}.json").write_text(json.dumps(result, indent=1))
     return result
@@ -220,27 +236,35 @@ def section(results: list[dict]) -> str:
     for r in results:
         s, p = r["spark"], r["pandas"]
         rows.append(f"| {r['size']:,} | Spark local[2]: RFM + behaviour | {s['wall_s']:,.1f} | "
-                    f"{s['startup_s']:,.1f} | {s['rfm_s']:,.1f} | {s['behaviour_s']:,.1f} | "
+                    f"{s['startup_s']:,.1f} | {s['rfm_s']:,.1f} | {s['behaviour_s']:,.1f} | {s['rfm_again_s']:,.1f} | "
                     f"{s['cpu_s']:,.0f} | {s['peak_rss'] / GIB:.2f} GiB | {s['load'][0]:.1f} → {s['load'][1]:.1f} | "
                     f"{r['measured_at']} |")
         rows.append(f"| {r['size']:,} | pandas, one process: RFM | {p['wall_s']:,.1f} | – | {p['rfm_s']:,.1f} | – | "
+                    f"{p['rfm_again_s']:,.1f} | "
                     f"{p['cpu_s']:,.0f} | {p['peak_rss'] / GIB:.2f} GiB | {p['load'][0]:.1f} → {p['load'][1]:.1f} | "
                     f"{r['measured_at']} |")
-        rows.append(f"| {r['size']:,} | **RFM time ratio pandas ÷ Spark** | | | **{r['ratio']:.2f}** | | | | | |")
+        rows.append(f"| {r['size']:,} | **RFM time ratio pandas ÷ Spark** | | | **{r['ratio']:.2f}** | | "
+                    f"{r['ratio_again']:.2f} | | | | |")
     verdicts = []
     at_5m = [r for r in results if r["size"] >= 5_000_000]
     if at_5m:
         verdicts.append(f"- Spark ahead of pandas on RFM at {at_5m[0]['size']:,} events: "
-                        f"**{'met' if at_5m[0]['ratio'] > 1 else 'NOT met'}** (ratio {at_5m[0]['ratio']:.2f}).")
+                        f"**{'met' if at_5m[0]['ratio'] > 1 else 'NOT met'}** (ratio {at_5m[0]['ratio']:.2f}; "
+                        f"{at_5m[0]['ratio_again']:.2f} when run again in the same processes).")
+        verdicts.extend(f"- Beyond the target, at {r['size']:,} events: ratio {r['ratio']:.2f} "
+                        f"({r['ratio_again']:.2f} run again)." for r in at_5m[1:])
     else:
         verdicts.append("- Spark ahead of pandas at 5M events: **not measured yet** "
                         f"(largest size {results[-1]['size']:,}).")
     if len(results) > 1:
         small, big = results[0], results[-1]
         growth = big["spark"]["peak_rss"] / small["spark"]["peak_rss"]
+        input_growth = big["size"] / small["size"]
+        allowed = input_growth ** MEMORY_GROWTH_EXPONENT
         verdicts.append(
-            f"- Memory flat as the input grows (Spark's peak RSS grows < 1.5× while the input grows "
-            f"{big['size'] / small['size']:.0f}×): **{'met' if growth < 1.5 else 'NOT met'}** ({growth:.2f}×; "
+            f"- Memory flat as the input grows (Spark's peak RSS grows less than the input's growth "
+            f"to the power {MEMORY_GROWTH_EXPONENT}, i.e. < 1.5× for 5×; here < {allowed:.2f}× for "
+            f"{input_growth:.0f}×): **{'met' if growth < allowed else 'NOT met'}** ({growth:.2f}×; "
             f"pandas {big['pandas']['peak_rss'] / small['pandas']['peak_rss']:.2f}×).")
     agreement = [f"- {r['size']:,} events, {r['people']:,} people: {r['spark']['rfm_rows']:,} RFM rows, "
                  f"{r['spark']['behaviour_rows']:,} behaviour rows; Spark and pandas RFM tables "
@@ -255,10 +279,12 @@ def section(results: list[dict]) -> str:
         "driver heap; pandas: the same RFM (`pandas_rfm` in bench/features_bench.py) in one process, "
         "reading only the purchase rows. Each side is a subprocess, run one after the other; wall s "
         "includes start-up, the phase columns are timed inside the process (read + compute + write). "
-        "Peak RSS is the process tree's (Python + JVM for Spark), sampled every 0.2 s.",
+        "Peak RSS is the process tree's (Python + JVM for Spark), sampled every 0.2 s. "
+        "\"RFM again\" is the same RFM (read + compute + write) run once more in the same process "
+        "afterwards; the target is judged on the first run, as a scheduled job runs it.",
         "",
-        "| events | implementation | wall s | start-up s | RFM s | behaviour s | CPU s | peak RSS | load avg before → after | measured |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+        "| events | implementation | wall s | start-up s | RFM s | behaviour s | RFM again s | CPU s | peak RSS | load avg before → after | measured |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
         *rows,
         "",
         "Targets:",
@@ -274,7 +300,7 @@ def section(results: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="the report to write (only its features section)")
-    parser.add_argument("--sizes", default="1000000,5000000", help="events per run, comma-separated")
+    parser.add_argument("--sizes", default="1000000,5000000,20000000", help="events per run, comma-separated")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--worker", choices=["spark", "pandas"], help=argparse.SUPPRESS)
     parser.add_argument("--events", type=Path, help=argparse.SUPPRESS)
