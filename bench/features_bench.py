@@ -8,8 +8,8 @@ default driver heap) runs features.rfm and then features.behaviour, writing both
 `pandas_rfm` below — the same RFM definitions, quintile edges and segment table — and writes
 it. Each then runs its RFM once more in the same process ("again"): the first Spark query in a
 fresh JVM pays for class loading, code generation and JIT compilation, and the repeat shows
-how much of the first time that was. Each process tree is sampled for peak RSS by bench/run.py's `run_measured`, and the two RFM
-tables are compared cell by cell. The report section sits between `<!-- features:start -->`
+how much of the first time that was. Each process tree is sampled for peak RSS by
+bench/run.py's `run_measured`, and the two RFM tables are compared cell by cell. The report section sits between `<!-- features:start -->`
 and `<!-- features:end -->` of the report; everything else in it is kept.
 
 The timings are of the transforms on events that already have consent applied (the features
@@ -164,7 +164,11 @@ def spark_worker(events: Path, out: Path) -> dict:
     spark = build_spark_session(config)
     ready = time.monotonic()
     frame = with_person_id(spark.read.parquet(str(events)))
-    rfm_features(frame, AS_OF).write.mode("overwrite").parquet(str(out / "rfm"))
+
+    def write_rfm(target: Path) -> None:
+        rfm_features(frame, AS_OF).write.mode("overwrite").parquet(str(target))
+
+    write_rfm(out / "rfm")
     rfm_done = time.monotonic()
     params = BehaviourParams(
         decay_from=datetime.combine(AS_OF, datetime.max.time(), timezone.utc),
@@ -175,7 +179,7 @@ def spark_worker(events: Path, out: Path) -> dict:
         device_types=tuple(config.features.device_types))
     behaviour_features(frame, params).write.mode("overwrite").parquet(str(out / "behaviour"))
     done = time.monotonic()
-    rfm_features(frame, AS_OF).write.mode("overwrite").parquet(str(out / "again" / "rfm"))
+    write_rfm(out / "again" / "rfm")
     again_done = time.monotonic()
     counts = {"rfm_rows": spark.read.parquet(str(out / "rfm")).count(),
               "behaviour_rows": spark.read.parquet(str(out / "behaviour")).count()}

@@ -181,9 +181,9 @@ def behaviour_features(events: DataFrame, params: BehaviourParams,
         *[_count_if(device_type == d).alias(f"_device_{i}") for i, d in enumerate(params.device_types)],
         *[_count_if(F.col("channel") == c).alias(f"_channel_{c}") for c in params.channels])
     no_campaigns = F.array().cast("array<string>")
-    totals = (totals
-              .join(distinct_count(events, F.to_date("event_time"), "days_active"), "person_id", "left")
-              .join(distinct_count(events, F.col("anonymous_id"), "devices"), "person_id", "left")
+    days_active = distinct_count(events, F.to_date("event_time"), "days_active")
+    devices = distinct_count(events, F.col("anonymous_id"), "devices")
+    totals = (totals.join(days_active, "person_id", "left").join(devices, "person_id", "left")
               .join(campaigns_interacted(events), "person_id", "left")
               .fillna(0, ["days_active", "devices"])
               .withColumn("_opens", F.coalesce("_opens", no_campaigns))
